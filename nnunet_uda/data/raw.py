@@ -1,0 +1,74 @@
+"""Reading and writing nnU-Net raw datasets: locating them, and writing them all or nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def raw_root() -> Path:
+    root = os.environ.get("nnUNet_raw")
+    if not root:
+        raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (see nnU-Net's "
+                           "documentation on setting up paths)")
+    return Path(root)
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def find_raw_dataset(dataset: str | int) -> Path:
+    """The raw folder of ``dataset``: an id (``5``, ``"005"``), a full name or a path."""
+    if isinstance(dataset, str) and os.path.isdir(dataset):
+        return Path(dataset)
+    root = raw_root()
+    try:
+        prefix = f"Dataset{int(dataset):03d}_"
+        matches = sorted(p for p in root.glob(prefix + "*") if p.is_dir()) if root.is_dir() else []
+    except ValueError:
+        matches = [root / str(dataset)] if (root / str(dataset)).is_dir() else []
+    if len(matches) != 1:
+        found = "none" if not matches else ", ".join(p.name for p in matches)
+        raise FileNotFoundError(f"dataset {dataset!r}: expected exactly one folder in {root}, found {found}")
+    return matches[0]
+
+
+def load_dataset_json(folder: Path) -> dict:
+    path = Path(folder) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: every nnU-Net raw dataset needs a dataset.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_json(obj, path: Path) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+
+
+@contextmanager
+def atomic_folder(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; move it to ``final`` only if the block succeeds.
+
+    On any exception the temporary folder is removed, so a reader never sees a half-written
+    dataset or report. An existing ``final`` is an error unless ``overwrite``.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; remove it or choose another dataset id/output")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.incomplete-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)

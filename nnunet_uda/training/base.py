@@ -1,0 +1,342 @@
+"""nnUNetTrainerUDA: the base of every nnunet_uda trainer.
+
+What it adds to nnU-Net's trainer, and nothing more:
+
+- batches that mix domains: a ``target_share`` of every batch comes from target-domain training
+  cases, the rest from source-domain cases (placed last, where nnU-Net forces foreground);
+- a domain-conditioned network (nnU-Net's U-Net with conditional instance norm in the encoder,
+  :class:`~nnunet_uda.nn.network.DomainConditionedUNet`); each sample is normalised with its
+  own domain's parameters;
+- a supervised loss on annotated voxels and annotated classes only
+  (:class:`~nnunet_uda.losses.partial_labels.PartialLabelDiceCELoss`);
+- per-epoch scalars of subclasses (``log_scalar``) in the training log, nnU-Net's logger and
+  ``progress.png``;
+- extra state (networks, optimizers, buffers, counters registered with ``register_state``)
+  saved in nnU-Net's checkpoint and restored by ``--c``;
+- a brief mode for tests, demos and benchmarks (see :mod:`nnunet_uda.training.brief`).
+
+Subclasses override :meth:`training_loss` (and register their extra state); the rest of nnU-Net's
+training loop stays as it is.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch._dynamo import OptimizedModule
+
+from nnunet_uda.data.loader import MixedBatchDataLoader, split_batch
+from nnunet_uda.domains import DomainTable
+from nnunet_uda.losses.partial_labels import PartialLabelDiceCELoss
+from nnunet_uda.nn.network import DomainConditionedUNet
+from nnunet_uda.planning import PLANS_KEY
+from nnunet_uda.training.brief import apply_brief_settings
+from nnunet_uda.training.progress import ExtendedLocalLogger
+
+
+class Counters:
+    """Plain integer counters kept in the checkpoint (e.g. iterations done)."""
+
+    def __init__(self, **values: int):
+        self.values = dict(values)
+
+    def state_dict(self) -> dict:
+        return dict(self.values)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.update(state)
+
+
+class nnUNetTrainerUDA(nnUNetTrainer):
+    #: share of every training batch drawn from target-domain cases (rounded to whole samples)
+    target_share: float = 0.5
+    #: condition the encoder's instance norms on the domain (AICL eq. 1)
+    use_conditional_norm: bool = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.domain_table = DomainTable.from_dataset_json(dataset_json)
+        self.logger.local_logger = ExtendedLocalLogger(self.logger.local_logger.verbose)
+        self._epoch_scalars: dict[str, list[float]] = defaultdict(list)
+        self.extra_state: dict[str, object] = {}
+        self.counters = Counters(iterations=0)
+        self.register_state("counters", self.counters)
+        apply_brief_settings(self)
+
+    # ------------------------------------------------------------------ extension points
+    def register_state(self, name: str, obj) -> None:
+        """Keep ``obj`` (anything with ``state_dict``/``load_state_dict``) in the checkpoint."""
+        self.extra_state[name] = obj
+
+    def log_scalar(self, name: str, value) -> None:
+        """Record a scalar in this epoch; its epoch mean goes to the log and progress.png."""
+        self._epoch_scalars[name].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+
+    def training_loss(self, data: torch.Tensor, target: list[torch.Tensor], domains: torch.Tensor,
+                      annotated: torch.Tensor) -> torch.Tensor:
+        """The loss of one training batch; the base trainer's is the supervised loss."""
+        return self.supervised_loss(self.forward(data, domains), target, annotated)
+
+    # ------------------------------------------------------------------ network
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                         num_output_channels, enable_deep_supervision)
+        if not cls.use_conditional_norm:
+            return unet
+        block = plans_manager.plans.get(PLANS_KEY)
+        if block is None:
+            raise RuntimeError(f"the plans of {plans_manager.dataset_name} carry no domain information "
+                               f"(plans[\"{PLANS_KEY}\"]); plan the dataset with nnUNetv2_uda_plan_and_preprocess")
+        return DomainConditionedUNet(unet, block["domains"], block["inference_domain"])
+
+    @property
+    def bare_network(self) -> torch.nn.Module:
+        """The network without DDP and torch.compile wrappers."""
+        net = self.network.module if self.is_ddp else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+    def forward(self, data: torch.Tensor, domains: torch.Tensor, **kwargs):
+        if isinstance(self.bare_network, DomainConditionedUNet):
+            return self.network(data, domains, **kwargs)
+        return self.network(data)
+
+    # ------------------------------------------------------------------ batches
+    def batch_domains(self, keys) -> torch.Tensor:
+        index = {name: i for i, name in enumerate(self.domain_table.domain_names)}
+        return torch.tensor([index[self.domain_table.domain_of(k)] for k in keys], device=self.device)
+
+    def batch_annotations(self, keys) -> torch.Tensor:
+        """(B, C) bool: which output channels are annotated in each case (background always)."""
+        out = torch.zeros(len(keys), self.label_manager.num_segmentation_heads, dtype=torch.bool)
+        out[:, 0] = True
+        for i, key in enumerate(keys):
+            out[i, self.domain_table.annotated_classes(key)] = True
+        return out.to(self.device)
+
+    def batch_pools(self, training_cases) -> list[tuple[list[str], int]]:
+        """(case ids, samples per batch) pools of a training batch: target first, source last."""
+        training = set(training_cases)
+        target = [c for c in self.domain_table.cases_of(self.domain_table.target) if c in training]
+        source = [c for c in self.domain_table.cases_of(self.domain_table.source) if c in training]
+        n_target, n_source = split_batch(self.batch_size, self.target_share)
+        if not target or not source:
+            only = target or source
+            self.print_to_log_file(f"WARNING: the training split has no {'source' if target else 'target'} cases; "
+                                   f"every batch is drawn from the {len(only)} others")
+            return [(only, self.batch_size)]
+        return [(target, n_target), (source, n_source)]
+
+    def _to_device(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
+            [target.to(self.device, non_blocking=True)]
+        return data, target
+
+    def autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    # ------------------------------------------------------------------ loss
+    def _build_loss(self):
+        loss = PartialLabelDiceCELoss(self.label_manager.ignore_label, self.configuration_manager.batch_dice)
+        scales = self._get_deep_supervision_scales() if self.enable_deep_supervision else [1]
+        weights = np.array([1 / (2 ** i) for i in range(len(scales))])
+        if len(weights) > 1:
+            weights[-1] = 1e-6 if self.is_ddp else 0  # nnU-Net's choice: the lowest output is not supervised
+        return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+    def supervised_loss(self, output, target: list[torch.Tensor], annotated: torch.Tensor) -> torch.Tensor:
+        output = output if isinstance(output, (list, tuple)) else [output]
+        return self.loss(output, target, [annotated] * len(output))
+
+    # ------------------------------------------------------------------ data
+    def get_dataloaders(self):
+        """nnU-Net's loaders and augmentation; the training loader mixes domains (batch_pools)."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        labels = dict(foreground_labels=self.label_manager.foreground_labels,
+                      regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+                      ignore_label=self.label_manager.ignore_label)
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded, **labels)
+        val_transforms = self.get_validation_transforms(scales, is_cascaded=self.is_cascaded, **labels)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        common = dict(oversample_foreground_percent=self.oversample_foreground_percent,
+                      probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = MixedBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, self.label_manager,
+                                     self.batch_pools(dataset_tr.identifiers), transforms=tr_transforms, **common)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
+                                  transforms=val_transforms, **common)
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
+            generators = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin = self.device.type == "cuda"
+            generators = (
+                NonDetMultiThreadedAugmenter(dl_tr, None, processes, max(6, processes // 2), None, pin, 0.002),
+                NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4), None, pin,
+                                             0.002))
+        for generator in generators:
+            next(generator)
+        return generators
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batch: dict) -> dict:
+        data, target = self._to_device(batch)
+        domains, annotated = self.batch_domains(batch["keys"]), self.batch_annotations(batch["keys"])
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.training_loss(data, target, domains, annotated)
+        self.optimizer_step(loss, self.optimizer, self.network.parameters())
+        self.counters.values["iterations"] += 1
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def optimizer_step(self, loss: torch.Tensor, optimizer, parameters, max_norm: float = 12) -> None:
+        """Backward, gradient clipping at ``max_norm`` (nnU-Net's 12) and step, with AMP on CUDA."""
+        parameters = list(parameters)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            self.grad_scaler.step(optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            optimizer.step()
+
+    def validation_step(self, batch: dict) -> dict:
+        data, target = self._to_device(batch)
+        domains, annotated = self.batch_domains(batch["keys"]), self.batch_annotations(batch["keys"])
+        with self.autocast():
+            output = self.forward(data, domains)
+            loss = self.supervised_loss(output, target, annotated)
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        tp, fp, fn = self.online_counts(output, target[0], annotated)
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
+
+    def online_counts(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor):
+        """nnU-Net's pseudo-Dice counts per foreground class, over annotated (sample, class) pairs."""
+        onehot = torch.zeros_like(logits, dtype=torch.float16).scatter_(1, logits.argmax(1, keepdim=True), 1)
+        target = target.clone()
+        mask = None
+        if self.label_manager.has_ignore_label:
+            mask = (target != self.label_manager.ignore_label).float()
+            target[target == self.label_manager.ignore_label] = 0
+        tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=list(range(2, logits.ndim)), mask=mask)
+        weight = annotated.float()
+        return tuple((t * weight).sum(0)[1:].detach().cpu().numpy() for t in (tp, fp, fn))
+
+    # ------------------------------------------------------------------ epochs and logging
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        local = self.logger.local_logger
+        for name in set(self._epoch_scalars) | set(local.extra_keys):
+            values = self._epoch_scalars.get(name, [])
+            local.register(name, self.current_epoch)
+            self.logger.log(name, float(np.mean(values)) if values else float("nan"), self.current_epoch)
+        if self._epoch_scalars:
+            self.print_to_log_file(", ".join(f"{k} {np.mean(v):.4f}" for k, v in sorted(self._epoch_scalars.items())))
+        self._epoch_scalars.clear()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus ``uda_state`` (everything registered with register_state)."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        torch.save({
+            "network_weights": self.bare_network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "uda_state": {name: obj.state_dict() for name, obj in self.extra_state.items()},
+        }, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's restore (which in 2.8.1 accepts file names only), then the extra state."""
+        if isinstance(filename_or_checkpoint, dict):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "checkpoint.pth")
+                torch.save(filename_or_checkpoint, path)
+                return self.load_checkpoint(path)
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        state = checkpoint.get("uda_state", {})
+        for name, obj in self.extra_state.items():
+            if name not in state:
+                raise RuntimeError(f"{filename_or_checkpoint} has no saved state for '{name}'; it was written by "
+                                   f"{checkpoint.get('trainer_name')}, not {self.__class__.__name__}")
+            obj.load_state_dict(state[name])
+
+    # ------------------------------------------------------------------ final validation
+    @contextmanager
+    def _validation_domain(self, domain: str | None):
+        self._validation_domain_filter = domain
+        network = self.bare_network
+        previous = int(network.inference_domain) if isinstance(network, DomainConditionedUNet) else None
+        if previous is not None:
+            network.inference_domain.fill_(self.domain_table.domain_index(domain))
+        try:
+            yield
+        finally:
+            self._validation_domain_filter = None
+            if previous is not None:
+                network.inference_domain.fill_(previous)
+
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        domain = getattr(self, "_validation_domain_filter", None)
+        if domain is not None:
+            val_keys = [k for k in val_keys if self.domain_table.domain_of(k) == domain]
+        return tr_keys, val_keys
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation, run once per domain so every case is segmented with its
+        own domain's normalisation; the summary then covers all validation cases."""
+        if not isinstance(self.bare_network, DomainConditionedUNet):
+            return super().perform_actual_validation(save_probabilities)
+        _, val_keys = super().do_split()
+        for domain in dict.fromkeys(self.domain_table.domain_of(k) for k in val_keys):
+            with self._validation_domain(domain):
+                super().perform_actual_validation(save_probabilities)
+        if self.local_rank == 0:
+            folder = os.path.join(self.output_folder, "validation")
+            metrics = compute_metrics_on_folder(
+                os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
+                os.path.join(folder, "summary.json"), self.plans_manager.image_reader_writer_class(),
+                self.dataset_json["file_ending"], self.label_manager.foreground_labels,
+                self.label_manager.ignore_label, chill=True, num_processes=default_num_processes)
+            self.print_to_log_file("Mean validation Dice over all domains:", metrics["foreground_mean"]["Dice"],
+                                   also_print_to_console=True)

@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnunet_uda",
+    version="0.1.0",
+    description="Unsupervised domain adaptation and semi-supervised trainers for nnU-Net v2",
+    long_description=open("README.md").read() if __import__("os").path.isfile("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nnunet_uda", "nnunet_uda.*"]) + ["nnunet_uda_trainers"],
+    # trainers/ holds only thin modules that import the package's trainer classes; it is installed
+    # as the package nnunet_uda_trainers, the folder nnUNet_extTrainer points to.
+    package_dir={"nnunet_uda_trainers": "trainers"},
+    package_data={"nnunet_uda": ["presets/*.json"]},
+    install_requires=[
+        "nnunetv2==2.8.1",
+        "torch>=2.1",
+        "batchgenerators>=0.25",
+        "dynamic-network-architectures>=0.4.4",
+        "SimpleITK>=2.2",
+        "acvl-utils>=0.2",
+        "numpy",
+        "scipy",
+        "matplotlib",
+        "tqdm",
+        "setuptools",
+    ],
+    extras_require={"test": ["pytest>=7", "monai>=1.3"]},
+    entry_points={
+        "console_scripts": [
+            "nnUNetv2_uda_trainer_path=nnunet_uda.cli.trainer_path:main",
+            "nnUNetv2_uda_verify=nnunet_uda.cli.verify:main",
+            "nnUNetv2_uda_phantom=nnunet_uda.cli.phantom:main",
+            "nnUNetv2_uda_harmonize=nnunet_uda.cli.harmonize:main",
+            "nnUNetv2_uda_plan_and_preprocess=nnunet_uda.cli.plan:main",
+            "nnUNetv2_uda_evaluate=nnunet_uda.cli.evaluate:main",
+        ]
+    },
+)

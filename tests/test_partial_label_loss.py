@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+from nnunet_uda.losses.partial_labels import PartialLabelDiceCELoss
+
+IGNORE = 4
+
+
+def batch(seed=0, b=3, c=4, shape=(5, 6, 7), ignore_share=0.2):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, *shape, generator=g, requires_grad=True)
+    target = torch.randint(0, c, (b, 1, *shape), generator=g)
+    target[torch.rand(target.shape, generator=g) < ignore_share] = IGNORE
+    return logits, target
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_equals_nnunet_loss_when_everything_is_annotated(batch_dice):
+    logits, target = batch()
+    nnunet = DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                            weight_ce=1, weight_dice=1, ignore_label=IGNORE, dice_class=MemoryEfficientSoftDiceLoss)
+    ours = PartialLabelDiceCELoss(IGNORE, batch_dice)
+    annotated = torch.ones(3, 4, dtype=torch.bool)
+    torch.testing.assert_close(ours(logits, target, annotated), nnunet(logits, target))
+
+
+def reference_loss(logits, target, annotated, batch_dice, smooth=1e-5):
+    """Direct loop transcription: marginal CE over voxels, soft Dice over annotated (sample, class)."""
+    b, c = logits.shape[:2]
+    probs = torch.softmax(logits, 1)
+    ce_terms = []
+    for i in range(b):
+        unannotated = [k for k in range(1, c) if not annotated[i, k]]
+        for idx in torch.nonzero(target[i, 0] != IGNORE):
+            v = tuple(idx.tolist())
+            t = int(target[i, 0][v])
+            p = probs[i][(slice(None),) + v]
+            p_t = p[0] + sum(p[k] for k in unannotated) if t == 0 else p[t]
+            ce_terms.append(-torch.log(p_t))
+    ce = torch.stack(ce_terms).mean()
+    valid = (target[:, 0] != IGNORE).float()
+    dices = []
+    for k in range(1, c):
+        samples = [i for i in range(b) if annotated[i, k]]
+        if not samples:
+            continue
+        terms = [(
+            (probs[i, k] * (target[i, 0] == k) * valid[i]).sum(),
+            (probs[i, k] * valid[i]).sum(),
+            ((target[i, 0] == k).float() * valid[i]).sum()) for i in samples]
+        if batch_dice:
+            inter, pred, gt = (sum(t[j] for t in terms) for j in range(3))
+            dices.append((2 * inter + smooth) / (gt + pred + smooth))
+        else:
+            dices += [(2 * t[0] + smooth) / (t[2] + t[1] + smooth) for t in terms]
+    return ce - torch.stack(dices).mean()
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_partial_annotation_matches_loop_reference(batch_dice):
+    logits, target = batch(seed=1)
+    annotated = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    # a class that is not annotated never appears in that case's labels
+    for i in range(3):
+        for k in range(1, 4):
+            if not annotated[i, k]:
+                target[i][target[i] == k] = 0
+    ours = PartialLabelDiceCELoss(IGNORE, batch_dice)(logits, target, annotated)
+    torch.testing.assert_close(ours, reference_loss(logits, target, annotated, batch_dice), atol=1e-5, rtol=1e-5)
+
+
+def test_unannotated_class_is_not_penalised_on_background():
+    """Predicting an unannotated organ on a 'background' voxel costs nothing in CE."""
+    logits = torch.full((1, 3, 2, 2, 2), -10.0)
+    logits[:, 2] = 10.0  # confident class 2 everywhere
+    target = torch.zeros(1, 1, 2, 2, 2, dtype=torch.long)
+    loss = PartialLabelDiceCELoss(None, False)
+    annotated_all = torch.ones(1, 3, dtype=torch.bool)
+    annotated_part = torch.tensor([[True, True, False]])
+    assert loss(logits, target, annotated_all) > loss(logits, target, annotated_part) + 5
+
+
+def test_fully_unlabeled_batch_gives_zero_gradient():
+    logits, target = batch(seed=2)
+    target[:] = IGNORE
+    annotated = torch.zeros(3, 4, dtype=torch.bool)
+    annotated[:, 0] = True
+    loss = PartialLabelDiceCELoss(IGNORE, True)(logits, target, annotated)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert logits.grad.abs().sum() == 0
+
+
+def test_absent_class_and_single_class_are_finite():
+    logits, target = batch(seed=3, c=2)
+    target[target == 1] = 0  # the only foreground class is absent
+    target[target == IGNORE] = 0
+    loss = PartialLabelDiceCELoss(IGNORE, False)(logits, target, torch.ones(3, 2, dtype=torch.bool))
+    loss.backward()
+    assert math.isfinite(loss.item()) and torch.isfinite(logits.grad).all()
