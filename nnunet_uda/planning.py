@@ -27,6 +27,8 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
 from nnunet_uda.domains import DomainTable
 
 PLANS_KEY = "uda"
+#: plans identifier written by the default planner preset (ResEnc M)
+DEFAULT_PLANS = "nnUNetResEncUNetMPlans"
 
 
 def plans_domain_block(table: DomainTable) -> dict:
@@ -82,9 +84,24 @@ def domain_aware_splits(table: DomainTable, n_folds: int = 5, seed: int = 12345)
     return [{"train": [c for c in everyone if c not in set(val)], "val": sorted(val)} for val in folds]
 
 
+def _set_batch_size(plans_file: Path, batch_size: int) -> None:
+    with open(plans_file) as f:
+        plans = json.load(f)
+    for configuration in plans["configurations"].values():
+        if "batch_size" in configuration:
+            configuration["batch_size"] = batch_size
+    with open(plans_file, "w") as f:
+        json.dump(plans, f, indent=4)
+
+
 def plan_and_preprocess(dataset_id: int, planner: str = "ResEncM", configurations=("3d_fullres",),
-                        num_processes: int = 2, n_folds: int = 5, verify: bool = True) -> Path:
-    """Fingerprint, plan and preprocess ``dataset_id``; write domain-aware folds. Returns the plans file."""
+                        num_processes: int = 2, n_folds: int = 5, verify: bool = True,
+                        batch_size: int | None = None) -> Path:
+    """Fingerprint, plan and preprocess ``dataset_id``; write domain-aware folds. Returns the plans file.
+
+    ``batch_size`` replaces the planned batch size of every configuration (for CPU runs and small
+    machines; nnU-Net plans it for a GPU memory budget).
+    """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                      plan_experiment_dataset, preprocess)
     from nnunetv2.paths import nnUNet_preprocessed
@@ -103,9 +120,11 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ResEncM", configuration
 
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=False)
     _, plans_identifier = plan_experiment_dataset(dataset_id, PLANNERS[planner])
+    preprocessed = Path(nnUNet_preprocessed) / convert_id_to_dataset_name(dataset_id)
+    if batch_size is not None:
+        _set_batch_size(preprocessed / f"{plans_identifier}.json", batch_size)
     preprocess([dataset_id], plans_identifier, list(configurations), [num_processes] * len(configurations))
 
-    preprocessed = Path(nnUNet_preprocessed) / convert_id_to_dataset_name(dataset_id)
     with open(preprocessed / "splits_final.json", "w") as f:
         json.dump(splits, f, indent=2)
     return preprocessed / f"{plans_identifier}.json"

@@ -53,7 +53,7 @@ def _check_pair(case: str, images: list[Path], label: Path, table: DomainTable, 
             problems.append(f"{image.name} and {label.name}: image and label geometry differ (image size {size}, "
                             f"spacing {spacing}, origin {origin}; label size {label_geometry[0]}, spacing "
                             f"{label_geometry[1]}, origin {label_geometry[2]}); resample the label onto the image grid")
-    values = np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(label))))
+    values = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(label))))
     unknown = [int(v) for v in values if int(v) not in value_names]
     if unknown:
         problems.append(f"{label.name}: label values {unknown} are not declared in dataset.json[\"labels\"] "

@@ -55,7 +55,8 @@ def assert_matches_monai(reference, prediction, spacing, tolerance_mm):
 
 # ---------------------------------------------------------------------------------------- metrics
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("tolerance_mm", [2.0, 2.4])  # both hit lattice distances exactly (float rounding)
+# 3 x 0.8 mm is 2.4000000000000004 in float64: MONAI compares in float32 and counts it within 2.4 mm
+@pytest.mark.parametrize("tolerance_mm", [2.0, 2.4])
 def test_random_blobs_match_monai(seed, tolerance_mm):
     reference = blob(seed, 0.15)
     prediction = blob(seed + 100, 0.15) if seed % 2 else reference ^ (np.random.default_rng(seed).random(SHAPE) < 0.03)

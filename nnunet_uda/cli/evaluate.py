@@ -25,7 +25,7 @@ def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
         try:
             tolerances[name] = float(value)
         except ValueError:
-            raise SystemExit(f"-tol expects organ=mm, e.g. liver=2.5, got {item!r}") from None
+            raise SystemExit(f"nnUNetv2_uda_evaluate: -tol expects organ=mm, e.g. liver=2.5, got {item!r}") from None
     return tolerances
 
 

@@ -16,10 +16,13 @@ def main(argv=None) -> None:
     parser.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to preprocess")
     parser.add_argument("-np", type=int, default=2, help="processes")
     parser.add_argument("-folds", type=int, default=5, help="cross-validation folds over labeled cases")
+    parser.add_argument("-bs", type=int, default=None,
+                        help="replace the planned batch size (e.g. 2 for CPU runs)")
     parser.add_argument("--no_verify", action="store_true", help="skip the dataset checks")
     args = parser.parse_args(argv)
     try:
-        plans = plan_and_preprocess(args.d, args.pl, args.c, args.np, args.folds, verify=not args.no_verify)
+        plans = plan_and_preprocess(args.d, args.pl, args.c, args.np, args.folds, verify=not args.no_verify,
+                                    batch_size=args.bs)
     except (DatasetError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"ERROR: {e}")
     print(f"plans: {plans}\ntrain with: nnUNetv2_train {args.d} {args.c[0]} FOLD -tr nnUNetTrainerUDA "

@@ -15,8 +15,8 @@ are comparable with papers that report MONAI's values:
 - **NSD** at tolerance ``tau`` mm: (number of surface voxels of A within ``tau`` of B's surface +
   number of surface voxels of B within ``tau`` of A's surface) / (number of surface voxels of A +
   of B). Surface size is counted in voxels, not in area. Distances are compared with the tolerance
-  in single precision, as MONAI does, so that a lattice distance equal to the tolerance (e.g.
-  ``sqrt(0.8**2 * 4 + 1.2**2) == 2.0``) counts as within it despite float64 rounding.
+  in single precision, as MONAI does, so that a lattice distance equal to the tolerance counts as
+  within it despite float64 rounding (three voxels of 0.8 mm are ``2.4000000000000004`` mm).
 - **HD95**: the 95th percentile (linear interpolation) of each direction's distances; the larger
   of the two directions.
 - **ASSD**: the mean of both directions' distances pooled together (so the larger surface weighs

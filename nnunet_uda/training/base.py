@@ -328,10 +328,11 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         if not isinstance(self.bare_network, DomainConditionedUNet):
             return super().perform_actual_validation(save_probabilities)
         _, val_keys = super().do_split()
-        for domain in dict.fromkeys(self.domain_table.domain_of(k) for k in val_keys):
+        domains = list(dict.fromkeys(self.domain_table.domain_of(k) for k in val_keys))
+        for domain in domains:
             with self._validation_domain(domain):
                 super().perform_actual_validation(save_probabilities)
-        if self.local_rank == 0:
+        if len(domains) > 1 and self.local_rank == 0:
             folder = os.path.join(self.output_folder, "validation")
             metrics = compute_metrics_on_folder(
                 os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,

@@ -1,0 +1,61 @@
+"""``nnUNetv2_uda_phantom``: write the synthetic cross-modality phantom benchmark to $nnUNet_raw."""
+from __future__ import annotations
+
+import argparse
+
+from nnunet_uda.data.raw import raw_root
+from nnunet_uda.synthetic.phantom import (DEFAULT_SHAPE, PSEUDO_LABEL_PERTURBATIONS, PhantomOptionsError,
+                                          generate_phantom_dataset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_uda_phantom",
+        description="Write a synthetic CT -> MR (T1, T2) multi-organ domain adaptation benchmark as an nnU-Net v2 "
+                    "raw dataset $nnUNet_raw/DatasetXXX_NAME, deterministically from a seed.")
+    parser.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset id (1-999)")
+    parser.add_argument("--name", default="UDAPhantom", help="dataset name (default: %(default)s)")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=list(DEFAULT_SHAPE),
+                        help="CT grid size in voxels of 2 mm (default: %(default)s)")
+    parser.add_argument("--n_source", type=int, default=16, help="CT training cases (default: %(default)s)")
+    parser.add_argument("--n_target", type=int, default=16,
+                        help="training cases per target domain T1 and T2 (default: %(default)s)")
+    parser.add_argument("--n_test", type=int, default=5, help="test cases per domain (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--partial_labels", action="store_true",
+                        help="AICL-style partial labels: CT annotates all organs but the gallbladder, the T1 "
+                             "training cases only the gallbladder")
+    parser.add_argument("--pseudo_labels", choices=sorted(PSEUDO_LABEL_PERTURBATIONS),
+                        help="give unlabeled training cases registration-like initial pseudo labels (reg: "
+                             "shift + warp; sreg: an extra 3-4 voxel translation)")
+    parser.add_argument("--semi_supervised", type=float, metavar="FRACTION",
+                        help="semi-supervised variant: CT only, this fraction of the training cases labeled")
+    parser.add_argument("--fully_labeled", action="store_true",
+                        help="fully labeled twin: target training cases carry their true labels (same images)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of this id and name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        path = generate_phantom_dataset(
+            args.dataset_id, name=args.name, shape=tuple(args.shape), n_source=args.n_source,
+            n_target=args.n_target, n_test=args.n_test, seed=args.seed, partial_labels=args.partial_labels,
+            pseudo_labels=args.pseudo_labels, semi_supervised=args.semi_supervised,
+            fully_labeled=args.fully_labeled, overwrite=args.overwrite, output_root=_output_root(),
+            progress=True)
+    except (PhantomOptionsError, FileExistsError) as error:
+        raise SystemExit(f"nnUNetv2_uda_phantom: {error}") from None
+    print(path)
+
+
+def _output_root():
+    try:
+        return raw_root()
+    except RuntimeError as error:
+        raise SystemExit(f"nnUNetv2_uda_phantom: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Running nnU-Net's and nnunet_uda's commands in sequence: the demo, the tests and benchmarks.
+
+Every step is a real command line (``nnUNetv2_uda_phantom``, ``nnUNetv2_uda_plan_and_preprocess``,
+``nnUNetv2_train``, ``nnUNetv2_predict``, ``nnUNetv2_uda_evaluate``), run as a subprocess with an
+environment that points nnU-Net at one working folder, exactly as a user would type them.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnunet_uda.cli.trainer_path import trainer_path
+from nnunet_uda.data.raw import load_dataset_json
+from nnunet_uda.domains import DomainTable
+from nnunet_uda.planning import DEFAULT_PLANS
+
+
+def nnunet_environment(work: Path, epochs: int | None = None, iterations: int | None = None,
+                       val_iterations: int | None = None, processes: int = 2) -> dict[str, str]:
+    """The environment for nnU-Net commands working in ``work`` (raw, preprocessed, results)."""
+    work = Path(work).resolve()
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
+               nnUNet_results=str(work / "nnUNet_results"), nnUNet_extTrainer=trainer_path(),
+               nnUNet_n_proc_DA=str(processes), nnUNet_def_n_proc=str(processes), nnUNet_compile="false")
+    for name, value in (("nnUNet_uda_epochs", epochs), ("nnUNet_uda_iterations", iterations),
+                        ("nnUNet_uda_val_iterations", val_iterations)):
+        if value is not None:
+            env[name] = str(value)
+    return env
+
+
+@dataclass
+class Runner:
+    """Runs command lines in one environment, echoing them and timing each step."""
+    env: dict[str, str]
+    log: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, step: str, *command: str, extra_env: dict[str, str] | None = None) -> None:
+        print(f"\n$ {shlex.join(command)}", flush=True)
+        start = time.time()
+        env = {**self.env, **(extra_env or {})}
+        if self.log is None:
+            result = subprocess.run(command, env=env)
+        else:
+            with open(self.log, "a") as log:
+                log.write(f"\n$ {shlex.join(command)}\n")
+                log.flush()
+                result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.timings[step] = self.timings.get(step, 0.0) + time.time() - start
+        if result.returncode != 0:
+            where = f"; see {self.log}" if self.log else ""
+            raise RuntimeError(f"step '{step}' failed with exit code {result.returncode}{where}")
+
+
+def command(name: str) -> str:
+    """The console script ``name`` of this Python environment."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def split_test_set_by_domain(raw_folder: Path, destination: Path) -> dict[str, Path]:
+    """Link the images of ``imagesTs`` into one folder per domain (the domain table says which)."""
+    dataset_json = load_dataset_json(raw_folder)
+    table = DomainTable.from_dataset_json(dataset_json, where=str(Path(raw_folder) / "dataset.json"))
+    folders: dict[str, Path] = {}
+    for path in sorted((Path(raw_folder) / "imagesTs").glob("*" + dataset_json["file_ending"])):
+        case = path.name[: -len(dataset_json["file_ending"]) - len("_0000")]
+        folder = folders.setdefault(table.domain_of(case), Path(destination) / table.domain_of(case))
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / path.name
+        if not target.exists():
+            os.symlink(path.resolve(), target)
+    return folders
+
+
+def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: str, output: Path, work: Path,
+                      fold: str = "0", plans: str = DEFAULT_PLANS, configuration: str = "3d_fullres") -> Path:
+    """``nnUNetv2_predict`` once per domain of the test set, each with its domain's normalisation.
+
+    Predictions of all domains are gathered in ``output``.
+    """
+    inputs = Path(work) / "test_inputs"
+    shutil.rmtree(inputs, ignore_errors=True)
+    output = Path(output)
+    for domain, folder in split_test_set_by_domain(raw_folder, inputs).items():
+        run("predict", command("nnUNetv2_predict"), "-i", str(folder), "-o", str(output / domain),
+            "-d", str(dataset_id), "-c", configuration, "-f", fold, "-tr", trainer, "-p", plans, "-device", "cpu",
+            "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain})
+    merged = output / "all"
+    merged.mkdir(parents=True, exist_ok=True)
+    for domain_folder in output.iterdir():
+        if domain_folder != merged:
+            for prediction in domain_folder.glob("*.nii.gz"):
+                shutil.copy(prediction, merged / prediction.name)
+    return merged

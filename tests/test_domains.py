@@ -1,0 +1,81 @@
+import copy
+
+import pytest
+
+from nnunet_uda.domains import DomainTable, DomainTableError
+from nnunet_uda.planning import domain_aware_splits
+
+BASE = {
+    "labels": {"background": 0, "liver": 1, "spleen": 2, "gallbladder": 3, "ignore": 4},
+    "uda": {
+        "domains": {"CT": {"modality": "CT", "annotated_labels": ["liver", "spleen"]},
+                    "T1": {"modality": "MR", "annotated_labels": ["gallbladder"]},
+                    "T2": {"modality": "MR", "annotated_labels": []}},
+        "target": ["T1", "T2"],
+        "cases": {**{f"ct{i}": {"domain": "CT"} for i in range(6)},
+                  **{f"t1_{i}": {"domain": "T1"} for i in range(3)},
+                  **{f"t2_{i}": {"domain": "T2", "labels": "none"} for i in range(4)},
+                  "t2_pseudo": {"domain": "T2", "labels": "pseudo", "round": 1}},
+        "test_cases": {"ts_t2": {"domain": "T2"}},
+    },
+}
+
+
+def table(mutate=None) -> DomainTable:
+    dataset = copy.deepcopy(BASE)
+    if mutate:
+        mutate(dataset)
+    return DomainTable.from_dataset_json(dataset, where="ds/dataset.json")
+
+
+def test_queries():
+    t = table()
+    assert t.domain_names == ["CT", "T1", "T2"] and t.source == ["CT"] and t.target == ["T1", "T2"]
+    assert t.domain_index("T2") == 2
+    assert t.domain_of("ts_t2") == "T2"
+    assert t.annotated_classes("ct0") == [1, 2]
+    assert t.annotated_classes("t1_0") == [3]
+    assert t.annotated_classes("t2_0") == []
+    assert t.annotated_classes("t2_pseudo") == [1, 2, 3]
+    assert t.cases["t2_pseudo"].round == 1
+    assert DomainTable.from_dataset_json({"labels": BASE["labels"], "uda": t.to_json()}).to_json() == t.to_json()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("uda"), "has no domain table"),
+    (lambda d: d["uda"].pop("cases"), "no \"cases\" entry"),
+    (lambda d: d["uda"].update(target=[]), "\"uda.target\" is empty"),
+    (lambda d: d["uda"].update(target=["PET"]), "target domain \"PET\" is not one of the domains"),
+    (lambda d: d["uda"]["cases"].update(x={"domain": "PET"}), "case \"x\" .* has domain 'PET'"),
+    (lambda d: d["uda"]["domains"]["CT"].update(annotated_labels=["lung"]), "\"lung\" .* not a foreground label"),
+    (lambda d: d["uda"]["cases"]["ct0"].update(labels="silver"), "has labels 'silver'"),
+])
+def test_bad_tables_name_the_problem_and_the_fix(mutate, message):
+    with pytest.raises(DomainTableError, match=message) as info:
+        table(mutate)
+    assert "ds/dataset.json" in str(info.value)
+
+
+def test_unknown_case_and_domain():
+    t = table()
+    with pytest.raises(DomainTableError, match="case \"nope\" is not in the domain table"):
+        t.domain_of("nope")
+    with pytest.raises(DomainTableError, match="unknown domain"):
+        t.domain_index("PET")
+
+
+def test_folds_validate_only_ground_truth_cases_and_spread_domains():
+    t = table()
+    splits = domain_aware_splits(t, n_folds=3)
+    labeled = {f"ct{i}" for i in range(6)} | {f"t1_{i}" for i in range(3)}
+    assert sorted(c for s in splits for c in s["val"]) == sorted(labeled)
+    for s in splits:
+        assert set(s["val"]) <= labeled and not set(s["val"]) & set(s["train"])
+        assert {"t2_0", "t2_pseudo"} <= set(s["train"])
+        assert any(c.startswith("ct") for c in s["val"]) and any(c.startswith("t1") for c in s["val"])
+    assert splits == domain_aware_splits(t, n_folds=3)  # seeded
+
+
+def test_too_few_labeled_cases_for_the_folds():
+    with pytest.raises(ValueError, match="fewer than the 20 folds"):
+        domain_aware_splits(table(), n_folds=20)

@@ -1,0 +1,265 @@
+"""Tests of the synthetic phantom benchmark (nnunet_uda.synthetic.phantom, nnUNetv2_uda_phantom)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.ndimage import binary_erosion
+
+from nnunet_uda.cli.phantom import main
+from nnunet_uda.domains import DomainTable
+from nnunet_uda.synthetic import phantom
+from nnunet_uda.synthetic.phantom import (IGNORE_LABEL, LABELS, ORGANS, PhantomOptionsError,
+                                          generate_phantom_dataset, synthesize_case)
+
+SMALL = dict(shape=(24, 28, 28), n_source=3, n_target=2, n_test=2)
+ORGAN_VALUES = set(range(1, len(ORGANS) + 1))
+
+
+def make(root, dataset_id=1, **options):
+    return generate_phantom_dataset(dataset_id, output_root=root, **{**SMALL, **options})
+
+
+def load(path) -> tuple[np.ndarray, sitk.Image]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def arrays(folder, sub: str, pattern: str = "*.nii.gz") -> dict[str, np.ndarray]:
+    return {p.name: load(p)[0] for p in sorted((folder / sub).glob(pattern))}
+
+
+def table(folder) -> DomainTable:
+    return DomainTable.from_dataset_json(json.loads((folder / "dataset.json").read_text()))
+
+
+def mean_dice(truth: np.ndarray, prediction: np.ndarray) -> float:
+    scores = [2 * np.sum((truth == k) & (prediction == k)) / (np.sum(truth == k) + np.sum(prediction == k))
+              for k in sorted(ORGAN_VALUES)]
+    return float(np.mean(scores))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make(tmp_path_factory.mktemp("raw"))
+
+
+def test_dataset_is_valid_for_the_domain_table_and_nnunet(base):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    content = json.loads((base / "dataset.json").read_text())
+    assert base.name == "Dataset001_UDAPhantom"
+    assert content["channel_names"] == {"0": "image"} and content["file_ending"] == ".nii.gz"
+    assert content["labels"]["ignore"] == IGNORE_LABEL == max(LABELS.values())
+    assert content["numTraining"] == 3 + 2 * 2
+    uda = table(base)
+    assert uda.domain_names == ["CT", "T1", "T2"] and uda.target == ["T1", "T2"]
+    assert [uda.domains[d].modality for d in uda.domain_names] == ["CT", "MR", "MR"]
+    assert len(uda.test_cases) == 3 * 2 and len(list((base / "imagesTs").iterdir())) == 6
+    assert all(set(uda.annotated_labels(case)) == set(ORGANS) for case in uda.test_cases)
+    verify_dataset_integrity(str(base), num_processes=1)
+    assert (base / "preview.png").stat().st_size > 0
+
+
+def test_cases_are_deterministic_per_seed():
+    first, again = (synthesize_case(0, "T1", 1, "train", SMALL["shape"]) for _ in range(2))
+    other_seed = synthesize_case(1, "T1", 1, "train", SMALL["shape"])
+    other_index = synthesize_case(0, "T1", 2, "train", SMALL["shape"])
+    assert np.array_equal(first.image, again.image) and np.array_equal(first.label, again.label)
+    for other in (other_seed, other_index):
+        assert not np.array_equal(first.image, other.image) and not np.array_equal(first.label, other.label)
+
+
+def test_every_organ_is_present_and_small_organs_are_small(base):
+    truths = {**arrays(base, "labelsTr", "ph_CT_*"), **arrays(base, "labelsTr_reference"), **arrays(base, "labelsTs")}
+    assert len(truths) == 3 + 4 + 6
+    for name, label in truths.items():
+        counts = np.bincount(label.ravel(), minlength=len(LABELS))
+        assert set(np.unique(label)) == {0} | ORGAN_VALUES, name
+        liver = counts[LABELS["liver"]]
+        assert all(counts[LABELS[o]] < liver for o in ORGANS if o != "liver"), (name, counts)
+        assert counts[LABELS["aorta"]] < liver / 3 and counts[LABELS["gallbladder"]] < liver / 10, (name, counts)
+
+
+def test_image_and_label_geometry_match(base):
+    direction = tuple(np.eye(3).ravel())
+    for image_path in sorted(base.glob("imagesT*/*.nii.gz")):
+        case = image_path.name.replace("_0000.nii.gz", "")
+        labels = "labelsTr" if image_path.parent.name == "imagesTr" else "labelsTs"
+        image = load(image_path)[1]
+        label_paths = [base / labels / f"{case}.nii.gz", base / "labelsTr_reference" / f"{case}.nii.gz"]
+        for label_path in filter(lambda p: p.is_file(), label_paths):
+            label = load(label_path)[1]
+            assert label.GetSize() == image.GetSize(), label_path
+            assert np.allclose(label.GetSpacing(), image.GetSpacing())
+            assert np.allclose(label.GetOrigin(), image.GetOrigin())
+            assert np.allclose(label.GetDirection(), image.GetDirection())
+        assert np.allclose(image.GetDirection(), direction)
+        expected = ((28, 28, 12), (2.0, 2.0, 4.0)) if "_T2_" in case else ((28, 28, 24), (2.0, 2.0, 2.0))
+        assert (image.GetSize(), image.GetSpacing()) == expected, case
+
+
+def test_images_are_harmonised(base):
+    for name, image in arrays(base, "imagesTr").items():
+        assert image.dtype == np.float32 and image.min() >= -1.0 and image.max() <= 1.0, name
+
+
+def organ_means(base, domain: str) -> dict[str, float]:
+    """Mean intensity of every organ's interior over the test cases of ``domain``."""
+    images, labels = arrays(base, "imagesTs", f"ph_{domain}_*"), arrays(base, "labelsTs", f"ph_{domain}_*")
+    means = {}
+    for organ in ORGANS:
+        values = []
+        for image, label in zip(images.values(), labels.values()):
+            mask = label == LABELS[organ]
+            interior = binary_erosion(mask)
+            values.append(image[interior if interior.sum() >= 3 else mask])
+        means[organ] = float(np.concatenate(values).mean())
+    return means
+
+
+def test_contrast_differs_non_monotonically_between_domains(base):
+    means = {d: organ_means(base, d) for d in ("CT", "T1", "T2")}
+    rankings = {d: tuple(sorted(ORGANS, key=m.get)) for d, m in means.items()}
+    assert len(set(rankings.values())) == 3, rankings
+    ct, t1, t2 = means["CT"], means["T1"], means["T2"]
+    assert ct["liver"] > ct["spleen"] and t1["liver"] > t1["spleen"] and t2["liver"] < t2["spleen"]
+    assert ct["gallbladder"] < ct["liver"] and t2["gallbladder"] > t2["liver"]
+    assert ct["aorta"] == max(ct.values()) and t1["aorta"] == min(t1.values())
+
+
+def test_unlabeled_target_cases_are_ignore_only_with_reference_labels(base):
+    uda = table(base)
+    labels, references = arrays(base, "labelsTr"), arrays(base, "labelsTr_reference")
+    assert sorted(references) == sorted(f"ph_{d}_{i:03d}.nii.gz" for d in ("T1", "T2") for i in range(2))
+    for name, reference in references.items():
+        assert uda.cases[name[:-7]].labels == "none"
+        assert np.all(labels[name] == IGNORE_LABEL)
+        assert set(np.unique(reference)) == {0} | ORGAN_VALUES
+    assert all(uda.cases[f"ph_CT_{i:03d}"].labels == "ground_truth" for i in range(3))
+
+
+def test_partial_labels(tmp_path):
+    folder = make(tmp_path, partial_labels=True)
+    uda, labels = table(folder), arrays(folder, "labelsTr")
+    gallbladder = LABELS["gallbladder"]
+    assert uda.domains["CT"].annotated_labels == tuple(o for o in ORGANS if o != "gallbladder")
+    assert uda.domains["T1"].annotated_labels == ("gallbladder",) and uda.domains["T2"].annotated_labels == ()
+    for name, label in labels.items():
+        values = set(np.unique(label))
+        if "_CT_" in name:
+            assert values == {0} | ORGAN_VALUES - {gallbladder}, name
+        elif "_T1_" in name:
+            assert values == {0, gallbladder} and uda.cases[name[:-7]].labels == "ground_truth", name
+        else:
+            assert values == {IGNORE_LABEL} and uda.cases[name[:-7]].labels == "none", name
+    assert all(set(np.unique(label)) == {0} | ORGAN_VALUES for label in arrays(folder, "labelsTs").values())
+    ct_test = next(c for c in uda.test_cases if "_CT_" in c)
+    assert set(uda.annotated_labels(ct_test)) == set(ORGANS)
+
+
+def test_reg_pseudo_labels_are_better_than_sreg(tmp_path):
+    dice = {}
+    for dataset_id, kind in ((2, "reg"), (3, "sreg")):
+        folder = make(tmp_path, dataset_id, pseudo_labels=kind, n_target=3)
+        uda, labels, references = table(folder), arrays(folder, "labelsTr"), arrays(folder, "labelsTr_reference")
+        for name in references:
+            assert uda.cases[name[:-7]].labels == "pseudo" and uda.cases[name[:-7]].round == 0
+            assert set(np.unique(labels[name])) <= {0} | ORGAN_VALUES
+        dice[kind] = np.mean([mean_dice(references[n], labels[n]) for n in references])
+    assert dice["reg"] > 0.45 and dice["reg"] > dice["sreg"] + 0.15, dice
+
+
+def test_fully_labeled_twin_has_the_same_images(base, tmp_path):
+    twin = make(tmp_path, fully_labeled=True)
+    for sub in ("imagesTr", "imagesTs"):
+        ours, theirs = arrays(base, sub), arrays(twin, sub)
+        assert sorted(ours) == sorted(theirs)
+        assert all(np.array_equal(ours[n], theirs[n]) for n in ours), sub
+    uda, labels = table(twin), arrays(twin, "labelsTr")
+    assert all(d.annotated_labels == ORGANS for d in uda.domains.values())
+    assert all(entry.labels == "ground_truth" for entry in uda.cases.values())
+    for name, reference in arrays(base, "labelsTr_reference").items():
+        assert np.array_equal(labels[name], reference), name
+
+
+def test_semi_supervised_variant(base, tmp_path):
+    folder = make(tmp_path, semi_supervised=0.5, n_source=4)
+    uda, labels = table(folder), arrays(folder, "labelsTr")
+    assert uda.domain_names == ["CT"] and uda.target == ["CT"]
+    assert {e.domain for e in uda.test_cases.values()} == {"CT"} and len(uda.test_cases) == 2
+    kinds = [uda.cases[f"ph_CT_{i:03d}"].labels for i in range(4)]
+    assert kinds == ["ground_truth"] * 2 + ["none"] * 2
+    assert all(np.all(labels[f"ph_CT_{i:03d}.nii.gz"] == IGNORE_LABEL) for i in (2, 3))
+    assert set(np.unique(labels["ph_CT_000.nii.gz"])) == {0} | ORGAN_VALUES
+    assert len(arrays(folder, "labelsTr_reference")) == 4
+    base_images, images = arrays(base, "imagesTr", "ph_CT_*"), arrays(folder, "imagesTr")
+    assert all(np.array_equal(base_images[n], images[n]) for n in base_images)
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    written = []
+
+    def failing_writer(array, path, spacing, origin):
+        written.append(path)
+        if len(written) == 5:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(phantom, "write_volume", failing_writer)
+    with pytest.raises(OSError, match="disk full"):
+        make(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_the_dataset_and_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    argv = ["-d", "7", "--name", "Tiny", "--shape", "24", "28", "28", "--n_source", "2", "--n_target", "1",
+            "--n_test", "1", "--seed", "3"]
+    main(argv)
+    folder = tmp_path / "Dataset007_Tiny"
+    assert capsys.readouterr().out.strip().endswith(str(folder))
+    assert json.loads((folder / "dataset.json").read_text())["phantom"]["seed"] == 3
+    with pytest.raises(SystemExit, match="already exists"):
+        main(argv)
+    main(argv + ["--overwrite"])
+    with pytest.raises(SystemExit, match="already used by Dataset007_Tiny"):
+        main(["-d", "7", "--name", "Other"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset007_Tiny"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "8", "28", "28"], "shape must be"),
+    (["--n_source", "0"], "n_source must be"),
+    (["--semi_supervised", "1.5"], "semi_supervised must be"),
+    (["--semi_supervised", "0.9", "--n_source", "2"], "at least one labeled and one unlabeled"),
+    (["--fully_labeled", "--partial_labels"], "cannot be combined"),
+    (["--semi_supervised", "0.5", "--partial_labels"], "cannot be combined"),
+    (["--name", "bad name"], "name must be"),
+])
+def test_cli_rejects_invalid_options_without_writing(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    with pytest.raises(SystemExit, match=message):
+        main(["-d", "8"] + argv)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_needs_nnunet_raw(monkeypatch):
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    with pytest.raises(SystemExit, match="nnUNet_raw is not set"):
+        main(["-d", "9"])
+
+
+def test_invalid_options_raise_before_writing(tmp_path):
+    with pytest.raises(PhantomOptionsError, match="pseudo_labels must be"):
+        make(tmp_path, pseudo_labels="elastic")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_module_is_runnable():
+    result = subprocess.run([sys.executable, "-m", "nnunet_uda.cli.phantom", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "nnUNetv2_uda_phantom" in result.stdout and "--pseudo_labels" in result.stdout
