@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -173,6 +174,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         """nnU-Net's loaders and augmentation; the training loader mixes domains (batch_pools)."""
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        # unlabeled target cases are entirely ignore label by design; the loader's warning about
+        # them would repeat every batch (set before the augmentation workers fork, so they inherit it)
+        warnings.filterwarnings("ignore", message="Warning! No annotated pixels in image!")
         patch_size = self.configuration_manager.patch_size
         scales = self._get_deep_supervision_scales()
         rotation, dummy_2d, initial_patch_size, mirror_axes = \

@@ -1,0 +1,67 @@
+"""The whole workflow through nnU-Net's real commands on a tiny phantom, on the CPU.
+
+phantom -> nnUNetv2_uda_plan_and_preprocess -> nnUNetv2_train -tr nnUNetTrainerUDA -device cpu
+-> nnUNetv2_train --c (resume) -> nnUNetv2_predict per domain -> nnUNetv2_uda_evaluate.
+"""
+import json
+
+import pytest
+import torch
+
+from nnunet_uda.data.raw import dataset_folder_name
+from nnunet_uda.pipeline import Runner, command, nnunet_environment, predict_test_sets
+from nnunet_uda.planning import DEFAULT_PLANS
+
+DATASET = 951
+TRAINER = "nnUNetTrainerUDA"
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    run = Runner(nnunet_environment(work, epochs=1, iterations=2, val_iterations=1, processes=1), log=work / "log.txt")
+    d = str(DATASET)
+    run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, "--shape", "20", "20", "20", "--n_source", "5",
+        "--n_target", "2", "--n_test", "1")
+    run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1")
+    train = (command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", TRAINER, "-p", DEFAULT_PLANS, "-device", "cpu")
+    run("train", *train)
+    results = work / "nnUNet_results" / dataset_folder_name(DATASET, "UDAPhantom") / \
+        f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
+    first = torch.load(results / "checkpoint_final.pth", weights_only=False)
+    run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
+    raw = work / "nnUNet_raw" / dataset_folder_name(DATASET, "UDAPhantom")
+    predictions = predict_test_sets(run, raw, DATASET, TRAINER, work / "predictions", work)
+    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(predictions),
+        "-d", d, "-o", str(work / "evaluation"))
+    return dict(work=work, results=results, first=first, raw=raw)
+
+
+def test_training_writes_domain_aware_checkpoint(workflow):
+    first = workflow["first"]
+    assert first["trainer_name"] == TRAINER and first["current_epoch"] == 1
+    assert first["uda_state"]["counters"]["iterations"] == 2
+    weights = first["network_weights"]
+    assert int(weights["inference_domain"]) == 1  # the first target domain, T1
+    assert any(k.endswith("norm.weight") and v.shape[0] == 3 for k, v in weights.items())  # one row per domain
+    assert (workflow["results"] / "progress.png").is_file()
+    validation = json.loads((workflow["results"] / "validation" / "summary.json").read_text())
+    assert validation["foreground_mean"]["Dice"] >= 0
+
+
+def test_resume_continues_where_training_stopped(workflow):
+    resumed = torch.load(workflow["results"] / "checkpoint_final.pth", weights_only=False)
+    assert resumed["current_epoch"] == 2
+    assert resumed["uda_state"]["counters"]["iterations"] == 4
+    assert len(resumed["logging"]["train_losses"]) == 2
+    log = (workflow["work"] / "log.txt").read_text()
+    assert "Epoch 1" in log.split("nnUNetv2_train")[-1] and "Epoch 0\n" not in log.split("--c")[-1]
+
+
+def test_every_domain_is_predicted_and_evaluated(workflow):
+    summary = json.loads((workflow["work"] / "evaluation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"CT", "T1", "T2"}
+    assert len(summary["cases"]) == 3
+    for case in summary["cases"]:
+        assert set(case["metrics"]) == {"liver", "spleen", "kidney_left", "kidney_right", "aorta", "gallbladder"}
+    assert (workflow["work"] / "evaluation" / "summary.md").is_file()
