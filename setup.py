@@ -11,7 +11,6 @@ setup(
     # trainers/ holds only thin modules that import the package's trainer classes; it is installed
     # as the package nnunet_uda_trainers, the folder nnUNet_extTrainer points to.
     package_dir={"nnunet_uda_trainers": "trainers"},
-    package_data={"nnunet_uda": ["presets/*.json"]},
     install_requires=[
         "nnunetv2==2.8.1",
         "torch>=2.1",

@@ -6,6 +6,7 @@ environment that points nnU-Net at one working folder, exactly as a user would t
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_uda.cli.trainer_path import trainer_path
-from nnunet_uda.data.raw import load_dataset_json
+from nnunet_uda.data.raw import dataset_folder_name, load_dataset_json
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.planning import DEFAULT_PLANS
 
@@ -101,3 +102,36 @@ def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: s
             for prediction in domain_folder.glob("*.nii.gz"):
                 shutil.copy(prediction, merged / prediction.name)
     return merged
+
+
+@dataclass
+class PhantomSettings:
+    """The phantom dataset an experiment runs on (see ``nnUNetv2_uda_phantom``)."""
+    shape: tuple[int, int, int] = (24, 24, 24)
+    n_source: int = 16
+    n_target: int = 16
+    n_test: int = 5
+    flags: tuple[str, ...] = ()
+
+    def arguments(self) -> list[str]:
+        return ["--shape", *map(str, self.shape), "--n_source", str(self.n_source), "--n_target",
+                str(self.n_target), "--n_test", str(self.n_test), *self.flags]
+
+
+def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,
+                       folds: int = 5, batch_size: int = 2) -> dict:
+    """Phantom, planning, ``nnUNetv2_train`` (fold 0), prediction of every domain's test set and
+    evaluation, each through its command line. Returns the evaluation summary."""
+    d = str(dataset_id)
+    run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, *phantom.arguments(), "--overwrite")
+    run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", str(batch_size),
+        "-folds", str(folds))
+    run("train", command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-p", DEFAULT_PLANS,
+        "-device", "cpu")
+    raw = Path(run.env["nnUNet_raw"]) / dataset_folder_name(dataset_id, "UDAPhantom")
+    predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{dataset_id}", work)
+    evaluation = Path(work) / f"evaluation_{dataset_id}"
+    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(predictions),
+        "-d", d, "-o", str(evaluation))
+    with open(evaluation / "summary.json") as f:
+        return json.load(f)

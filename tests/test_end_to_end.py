@@ -65,3 +65,29 @@ def test_every_domain_is_predicted_and_evaluated(workflow):
     for case in summary["cases"]:
         assert set(case["metrics"]) == {"liver", "spleen", "kidney_left", "kidney_right", "aorta", "gallbladder"}
     assert (workflow["work"] / "evaluation" / "summary.md").is_file()
+
+
+def test_batches_mix_target_and_source_cases_in_order(workflow):
+    """On the real preprocessed data: target samples first, source (labeled) last, every batch."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_uda.data.loader import MixedBatchDataLoader
+    from nnunet_uda.domains import DomainTable
+
+    preprocessed = workflow["work"] / "nnUNet_preprocessed" / dataset_folder_name(DATASET, "UDAPhantom")
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    table = DomainTable.from_dataset_json(dataset_json)
+    plans = PlansManager(str(preprocessed / f"{DEFAULT_PLANS}.json"))
+    data = nnUNetDatasetBlosc2(str(preprocessed / f"{DEFAULT_PLANS}_3d_fullres"))
+    target, source = table.cases_of(table.target), table.cases_of(table.source)
+    patch = plans.get_configuration("3d_fullres").patch_size
+    loader = MixedBatchDataLoader(data, 4, patch, patch, plans.get_label_manager(dataset_json),
+                                  [(target, 3), (source, 1)], oversample_foreground_percent=0.33)
+    for _ in range(5):
+        keys = loader.generate_train_batch()["keys"]
+        assert all(k in target for k in keys[:3]) and keys[3] in source
+    with pytest.raises(ValueError, match="batch size"):
+        MixedBatchDataLoader(data, 4, patch, patch, plans.get_label_manager(dataset_json), [(target, 1), (source, 1)])
+    with pytest.raises(ValueError, match="has no cases"):
+        MixedBatchDataLoader(data, 2, patch, patch, plans.get_label_manager(dataset_json), [([], 1), (source, 1)])

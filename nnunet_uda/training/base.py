@@ -45,7 +45,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_uda.data.loader import MixedBatchDataLoader, split_batch
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.losses.partial_labels import PartialLabelDiceCELoss
-from nnunet_uda.nn.network import DomainConditionedUNet
+from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet
 from nnunet_uda.planning import PLANS_KEY
 from nnunet_uda.training.brief import apply_brief_settings
 from nnunet_uda.training.progress import ExtendedLocalLogger
@@ -306,18 +306,21 @@ class nnUNetTrainerUDA(nnUNetTrainer):
 
     # ------------------------------------------------------------------ final validation
     @contextmanager
-    def _validation_domain(self, domain: str | None):
+    def _validation_domain(self, domain: str):
+        """Validate only ``domain``'s cases, with ``domain`` as the network's inference domain
+        (an exported nnUNet_uda_inference_domain is masked meanwhile)."""
         self._validation_domain_filter = domain
         network = self.bare_network
-        previous = int(network.inference_domain) if isinstance(network, DomainConditionedUNet) else None
-        if previous is not None:
-            network.inference_domain.fill_(self.domain_table.domain_index(domain))
+        previous = int(network.inference_domain)
+        override = os.environ.pop(INFERENCE_DOMAIN_ENV, None)
+        network.inference_domain.fill_(self.domain_table.domain_index(domain))
         try:
             yield
         finally:
             self._validation_domain_filter = None
-            if previous is not None:
-                network.inference_domain.fill_(previous)
+            network.inference_domain.fill_(previous)
+            if override is not None:
+                os.environ[INFERENCE_DOMAIN_ENV] = override
 
     def do_split(self):
         tr_keys, val_keys = super().do_split()
