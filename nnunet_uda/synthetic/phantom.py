@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -216,6 +216,27 @@ def _kidney(name: str, side: float, z: float) -> Structure:
         core_tissue="kidney_medulla")
 
 
+ORGAN_MAGNIFICATION = (1.3, 1.4, 1.4)
+"""Scale (z, y, x) of the organs' sizes, and of their heights, relative to the layout in
+:data:`ANATOMY`'s definition: the organs fill the field of view, so that background is not
+overwhelming and a short CPU training gets past nnU-Net's early all-background phase (at 24^3
+voxels, 1.0 left 93 % background and every organ but the liver under 1 % of the voxels)."""
+
+
+def _magnify(structure: Structure) -> Structure:
+    """``structure`` with every ellipsoid scaled by :data:`ORGAN_MAGNIFICATION` (heights too)."""
+    mz, my, mx = ORGAN_MAGNIFICATION
+
+    def scale(e: Ellipsoid | None) -> Ellipsoid | None:
+        if e is None:
+            return None
+        (cz, cy, cx), (rz, ry, rx) = e.center, e.radii
+        return Ellipsoid((cz * mz, cy, cx), (rz * mz, ry * my, rx * mx), e.angle)
+
+    return replace(structure, parts=tuple(map(scale, structure.parts)), cuts=tuple(map(scale, structure.cuts)),
+                   core=scale(structure.core))
+
+
 ANATOMY: tuple[Structure, ...] = (
     Structure("spine", 0, "bone", parts=(Ellipsoid((0.0, 0.52, 0.0), (5.0, 0.12, 0.13)),)),
     Structure("liver", LABELS["liver"], "liver", parts=(
@@ -230,7 +251,9 @@ ANATOMY: tuple[Structure, ...] = (
     Structure("gallbladder", LABELS["gallbladder"], "gallbladder",
               parts=(Ellipsoid((0.22, -0.15, -0.17), (0.24, 0.12, 0.11), angle=20.0),)),
 )
-"""The structures in paint order (later ones win); z-long ellipsoids act as tubes (spine, aorta)."""
+ANATOMY = ANATOMY[:1] + tuple(_magnify(organ) for organ in ANATOMY[1:])
+"""The structures in paint order (later ones win); z-long ellipsoids act as tubes (spine, aorta).
+The organs (all but the spine) are magnified by :data:`ORGAN_MAGNIFICATION`."""
 
 BODY_RADII = (0.72, 0.90)
 """Body cross-section semi-axes (y, x), normalised: the body fills most of the field of view."""
