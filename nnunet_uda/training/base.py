@@ -74,6 +74,10 @@ class nnUNetTrainerUDA(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.domain_table = DomainTable.from_dataset_json(dataset_json)
+        # per-case lookups for every batch: domain index and annotated output channels
+        cases = list(self.domain_table.cases) + list(self.domain_table.test_cases)
+        self._case_domain = {c: self.domain_table.domain_index(self.domain_table.domain_of(c)) for c in cases}
+        self._case_annotated = {c: self._annotation_row(c) for c in cases}
         self.logger.local_logger = ExtendedLocalLogger(self.logger.local_logger.verbose)
         self._epoch_scalars: dict[str, list[float]] = defaultdict(list)
         self.extra_state: dict[str, object] = {}
@@ -115,23 +119,28 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         net = self.network.module if self.is_ddp else self.network
         return net._orig_mod if isinstance(net, OptimizedModule) else net
 
-    def forward(self, data: torch.Tensor, domains: torch.Tensor, **kwargs):
+    def forward(self, data: torch.Tensor, domains: torch.Tensor, return_features: bool = False):
+        """Segment a batch, each sample with its own domain (features on request)."""
         if isinstance(self.bare_network, DomainConditionedUNet):
-            return self.network(data, domains, **kwargs)
+            return self.network(data, domains, return_features=return_features)
+        if return_features:
+            raise ValueError(f"{self.__class__.__name__} builds nnU-Net's plain network, which gives no features; "
+                             f"set use_conditional_norm = True")
         return self.network(data)
 
     # ------------------------------------------------------------------ batches
+    def _annotation_row(self, case: str) -> np.ndarray:
+        row = np.zeros(self.label_manager.num_segmentation_heads, dtype=bool)
+        row[[0, *self.domain_table.annotated_classes(case)]] = True
+        return row
+
     def batch_domains(self, keys) -> torch.Tensor:
-        index = {name: i for i, name in enumerate(self.domain_table.domain_names)}
-        return torch.tensor([index[self.domain_table.domain_of(k)] for k in keys], device=self.device)
+        """(B,) domain index of each case of a batch."""
+        return torch.tensor([self._case_domain[k] for k in keys], device=self.device)
 
     def batch_annotations(self, keys) -> torch.Tensor:
         """(B, C) bool: which output channels are annotated in each case (background always)."""
-        out = torch.zeros(len(keys), self.label_manager.num_segmentation_heads, dtype=torch.bool)
-        out[:, 0] = True
-        for i, key in enumerate(keys):
-            out[i, self.domain_table.annotated_classes(key)] = True
-        return out.to(self.device)
+        return torch.from_numpy(np.stack([self._case_annotated[k] for k in keys])).to(self.device)
 
     def batch_pools(self, training_cases) -> list[tuple[list[str], int]]:
         """(case ids, samples per batch) pools of a training batch: target first, source last."""
