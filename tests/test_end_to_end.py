@@ -91,3 +91,19 @@ def test_batches_mix_target_and_source_cases_in_order(workflow):
         MixedBatchDataLoader(data, 4, patch, patch, plans.get_label_manager(dataset_json), [(target, 1), (source, 1)])
     with pytest.raises(ValueError, match="has no cases"):
         MixedBatchDataLoader(data, 2, patch, patch, plans.get_label_manager(dataset_json), [([], 1), (source, 1)])
+
+
+def test_planning_writes_domains_normalisation_and_folds(workflow):
+    preprocessed = workflow["work"] / "nnUNet_preprocessed" / dataset_folder_name(DATASET, "UDAPhantom")
+    plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
+    assert plans["uda"] == {"domains": ["CT", "T1", "T2"], "modalities": {"CT": "CT", "T1": "MR", "T2": "MR"},
+                            "target": ["T1", "T2"], "inference_domain": "T1"}
+    config = plans["configurations"]["3d_fullres"]
+    assert config["normalization_schemes"] == ["ZScoreNormalization"] and config["use_mask_for_norm"] == [False]
+    assert config["data_identifier"] == f"{DEFAULT_PLANS}_3d_fullres" and config["batch_size"] == 2
+    assert config["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
+    splits = json.loads((preprocessed / "splits_final.json").read_text())
+    assert len(splits) == 5
+    for split in splits:
+        assert split["val"] and all(case.startswith("ph_CT_") for case in split["val"])
+        assert {"ph_T1_000", "ph_T2_001"} <= set(split["train"])
