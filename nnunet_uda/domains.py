@@ -14,7 +14,8 @@ are copied to the preprocessed, results and prediction folders)::
         "cases": {
             "case_000": {"domain": "CT", "labels": "ground_truth"},
             "case_100": {"domain": "T1", "labels": "none"},
-            "case_200": {"domain": "T2", "labels": "pseudo", "round": 1}
+            "case_200": {"domain": "T2", "labels": "pseudo", "round": 1},
+            "case_300": {"domain": "T2", "labels": "ground_truth", "pseudo_labels": ["spleen"], "round": 0}
         },
         "test_cases": {"case_900": {"domain": "T1"}}
     }
@@ -31,6 +32,12 @@ are copied to the preprocessed, results and prediction folders)::
   registration; ``round`` numbers self-training rounds, 0 for initial pseudo labels) or ``none``
   (an unlabeled case: its label file is entirely nnU-Net's ignore label). A case may also give its
   own ``annotated_labels``, overriding what its ``labels`` kind implies.
+- the label source of each class: a ``ground_truth`` case may list ``pseudo_labels``, classes
+  whose voxels in its label file come from initial pseudo labels (e.g. registered from another
+  modality) rather than from an annotator, as AICL's partially labeled cases do: manual labels for
+  the domain's annotated classes, registration-propagated ones for the rest. Those classes count as
+  labeled for trainers that do not tell the sources apart; AICL supervises them separately
+  (l_supUL). Every class of a ``pseudo`` case is a pseudo label.
 - ``test_cases``: the cases of ``imagesTs`` (and ``labelsTs`` where held-out labels exist).
 
 The order of ``domains`` fixes the domain indices used by conditional instance normalisation.
@@ -61,6 +68,7 @@ class CaseEntry:
     labels: str = "ground_truth"
     round: int | None = None
     annotated_labels: tuple[str, ...] | None = None
+    pseudo_labels: tuple[str, ...] = ()
 
 
 class DomainTable:
@@ -135,6 +143,8 @@ class DomainTable:
                 out["round"] = entry.round
             if entry.annotated_labels is not None:
                 out["annotated_labels"] = list(entry.annotated_labels)
+            if entry.pseudo_labels:
+                out["pseudo_labels"] = list(entry.pseudo_labels)
             return out
 
         return {
@@ -175,19 +185,36 @@ class DomainTable:
         return self.entry(case).domain
 
     def annotated_labels(self, case: str) -> tuple[str, ...]:
-        """Names of the classes whose voxels are annotated in ``case``'s label file."""
+        """Names of the classes whose voxels are labeled in ``case``'s label file, by an annotator
+        or by pseudo labels."""
         entry = self.entry(case)
         if entry.annotated_labels is not None:
-            return entry.annotated_labels
-        if entry.labels == "none":
-            return ()
-        if entry.labels == "pseudo":
-            return tuple(self.label_names)
-        return self.domains[entry.domain].annotated_labels
+            labeled = entry.annotated_labels
+        elif entry.labels == "none":
+            labeled = ()
+        elif entry.labels == "pseudo":
+            labeled = tuple(self.label_names)
+        else:
+            labeled = self.domains[entry.domain].annotated_labels
+        return labeled + entry.pseudo_labels
+
+    def pseudo_labeled(self, case: str) -> tuple[str, ...]:
+        """Names of the classes of ``case``'s label file that are pseudo labels."""
+        entry = self.entry(case)
+        return self.annotated_labels(case) if entry.labels == "pseudo" else entry.pseudo_labels
+
+    def ground_truth_labels(self, case: str) -> tuple[str, ...]:
+        """Names of the classes of ``case``'s label file drawn by an annotator."""
+        pseudo = set(self.pseudo_labeled(case))
+        return tuple(n for n in self.annotated_labels(case) if n not in pseudo)
 
     def annotated_classes(self, case: str) -> list[int]:
-        """Label values annotated in ``case`` (foreground only)."""
+        """Label values labeled in ``case`` (foreground only, either source)."""
         return [self.label_names[n] for n in self.annotated_labels(case)]
+
+    def classes_of(self, names: Iterable[str]) -> list[int]:
+        """Label values of label names."""
+        return [self.label_names[n] for n in names]
 
     def cases_of(self, domains: Iterable[str]) -> list[str]:
         wanted = set(domains)
@@ -232,4 +259,16 @@ def _parse_case(case: str, spec, domains: Mapping[str, Domain], labels: Mapping[
                 raise DomainTableError(f"{where}: case \"{case}\" lists \"{label}\" as annotated, but it is "
                                        f"not a foreground label ({', '.join(labels)})")
         annotated = tuple(annotated)
-    return CaseEntry(domain, kind, spec.get("round"), annotated)
+    pseudo = tuple(spec.get("pseudo_labels", ()))
+    if pseudo and kind != "ground_truth":
+        raise DomainTableError(f"{where}: case \"{case}\" lists \"pseudo_labels\" but its labels are {kind!r}; "
+                               f"only ground_truth cases mix annotated and pseudo-labeled classes (every class of a "
+                               f"pseudo case is a pseudo label)")
+    for label in pseudo:
+        if label not in labels:
+            raise DomainTableError(f"{where}: case \"{case}\" lists \"{label}\" in \"pseudo_labels\", but it is "
+                                   f"not a foreground label ({', '.join(labels)})")
+        if label in (domains[domain].annotated_labels if annotated is None else annotated):
+            raise DomainTableError(f"{where}: case \"{case}\" lists \"{label}\" in \"pseudo_labels\", but it is "
+                                   f"also annotated by hand there; a class has one source per case")
+    return CaseEntry(domain, kind, spec.get("round"), annotated, pseudo)

@@ -9,6 +9,9 @@ Through nnU-Net's own API, with one of nnU-Net's planners (ResEnc M by default) 
   mix with data that nnU-Net's unmodified planners preprocess with other normalisations;
 - store what plugin networks need at inference in the plans (``plans["uda"]``: the domain list in
   table order, the target domains and the default inference domain).
+- derive AICL's PGPS patch sizes from the organ extents of the training labels
+  (:mod:`nnunet_uda.organ_extents`; ``plans["uda"]["pgps"]``, with a box plot
+  ``pgps_extents_<configuration>.png`` beside the plans).
 
 Cross-validation folds (``splits_final.json``) split only ground-truth labeled cases, each domain
 spread over the folds; unlabeled and pseudo-labeled cases are training data in every fold, so no
@@ -66,7 +69,8 @@ def domain_aware_splits(table: DomainTable, n_folds: int = 5, seed: int = 12345)
 
     Within each domain the labeled cases are shuffled (seeded) and dealt to the folds in turn,
     continuing where the previous domain stopped, so small domains spread too. Every other case
-    (unlabeled or pseudo-labeled) is training data in every fold.
+    (unlabeled or pseudo-labeled) is training data in every fold. Ground-truth cases whose
+    unannotated classes carry pseudo labels (``pseudo_labels``) are labeled cases.
     """
     labeled = set(table.cases_with_labels("ground_truth"))
     if len(labeled) < n_folds:
@@ -127,4 +131,25 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ResEncM", configuration
 
     with open(preprocessed / "splits_final.json", "w") as f:
         json.dump(splits, f, indent=2)
-    return preprocessed / f"{plans_identifier}.json"
+    plans_file = preprocessed / f"{plans_identifier}.json"
+    _add_pgps_statistics(plans_file, configurations, table)
+    return plans_file
+
+
+def _add_pgps_statistics(plans_file: Path, configurations, table: DomainTable) -> None:
+    """Store PGPS patch sizes per 3D configuration in ``plans["uda"]["pgps"]`` and plot the extents."""
+    from nnunet_uda.organ_extents import pgps_statistics, plot_extents
+
+    plans = json.loads(plans_file.read_text())
+    block = plans[PLANS_KEY].setdefault("pgps", {})
+    for configuration in configurations:
+        if len(plans["configurations"][configuration]["patch_size"]) != 3:
+            continue
+        try:
+            block[configuration] = pgps_statistics(plans_file.parent, plans, configuration, table)
+        except ValueError as error:
+            print(f"PGPS patch sizes not derived for {configuration}: {error}; AICL will use its default")
+            continue
+        plot_extents(block[configuration], plans_file.parent / f"pgps_extents_{configuration}.png",
+                     f"{plans['dataset_name']} {configuration}")
+    plans_file.write_text(json.dumps(plans, indent=4))

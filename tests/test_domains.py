@@ -15,7 +15,8 @@ BASE = {
         "cases": {**{f"ct{i}": {"domain": "CT"} for i in range(6)},
                   **{f"t1_{i}": {"domain": "T1"} for i in range(3)},
                   **{f"t2_{i}": {"domain": "T2", "labels": "none"} for i in range(4)},
-                  "t2_pseudo": {"domain": "T2", "labels": "pseudo", "round": 1}},
+                  "t2_pseudo": {"domain": "T2", "labels": "pseudo", "round": 1},
+                  "ct_mixed": {"domain": "CT", "pseudo_labels": ["gallbladder"], "round": 0}},
         "test_cases": {"ts_t2": {"domain": "T2"}},
     },
 }
@@ -38,6 +39,16 @@ def test_queries():
     assert t.annotated_classes("t2_0") == []
     assert t.annotated_classes("t2_pseudo") == [1, 2, 3]
     assert t.cases["t2_pseudo"].round == 1
+    assert t.annotated_classes("ct_mixed") == [1, 2, 3]
+
+
+def test_label_sources():
+    t = table()
+    assert t.ground_truth_labels("ct_mixed") == ("liver", "spleen") and t.pseudo_labeled("ct_mixed") == ("gallbladder",)
+    assert t.ground_truth_labels("t2_pseudo") == () and t.pseudo_labeled("t2_pseudo") == ("liver", "spleen", "gallbladder")
+    assert t.ground_truth_labels("ct0") == ("liver", "spleen") and t.pseudo_labeled("ct0") == ()
+    assert t.pseudo_labeled("t2_0") == () and t.ground_truth_labels("t2_0") == ()
+    assert t.classes_of(t.pseudo_labeled("ct_mixed")) == [3]
     assert DomainTable.from_dataset_json({"labels": BASE["labels"], "uda": t.to_json()}).to_json() == t.to_json()
 
 
@@ -49,6 +60,9 @@ def test_queries():
     (lambda d: d["uda"]["cases"].update(x={"domain": "PET"}), "case \"x\" .* has domain 'PET'"),
     (lambda d: d["uda"]["domains"]["CT"].update(annotated_labels=["lung"]), "\"lung\" .* not a foreground label"),
     (lambda d: d["uda"]["cases"]["ct0"].update(labels="silver"), "has labels 'silver'"),
+    (lambda d: d["uda"]["cases"]["ct0"].update(pseudo_labels=["liver"]), "\"liver\" in \"pseudo_labels\", .* also annotated"),
+    (lambda d: d["uda"]["cases"]["ct0"].update(pseudo_labels=["lung"]), "\"lung\" in \"pseudo_labels\", .* not a foreground"),
+    (lambda d: d["uda"]["cases"]["t2_0"].update(pseudo_labels=["liver"]), "only ground_truth cases mix"),
 ])
 def test_bad_tables_name_the_problem_and_the_fix(mutate, message):
     with pytest.raises(DomainTableError, match=message) as info:
@@ -67,7 +81,7 @@ def test_unknown_case_and_domain():
 def test_folds_validate_only_ground_truth_cases_and_spread_domains():
     t = table()
     splits = domain_aware_splits(t, n_folds=3)
-    labeled = {f"ct{i}" for i in range(6)} | {f"t1_{i}" for i in range(3)}
+    labeled = {f"ct{i}" for i in range(6)} | {f"t1_{i}" for i in range(3)} | {"ct_mixed"}
     assert sorted(c for s in splits for c in s["val"]) == sorted(labeled)
     for s in splits:
         assert set(s["val"]) <= labeled and not set(s["val"]) & set(s["train"])

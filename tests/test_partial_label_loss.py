@@ -5,7 +5,7 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from nnunet_uda.losses.partial_labels import PartialLabelDiceCELoss
+from nnunet_uda.losses.partial_labels import PartialLabelLoss
 
 IGNORE = 4
 
@@ -23,35 +23,44 @@ def test_equals_nnunet_loss_when_everything_is_annotated(batch_dice):
     logits, target = batch()
     nnunet = DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                             weight_ce=1, weight_dice=1, ignore_label=IGNORE, dice_class=MemoryEfficientSoftDiceLoss)
-    ours = PartialLabelDiceCELoss(IGNORE, batch_dice)
+    ours = PartialLabelLoss(IGNORE, batch_dice)
     annotated = torch.ones(3, 4, dtype=torch.bool)
     torch.testing.assert_close(ours(logits, target, annotated), nnunet(logits, target))
 
 
-def reference_loss(logits, target, annotated, batch_dice, smooth=1e-5):
-    """Direct loop transcription: marginal CE over voxels, soft Dice over annotated (sample, class)."""
+def reference_loss(logits, target, annotated, batch_dice, gamma=0.0, smooth=1e-5):
+    """Direct loop transcription: marginal CE (or focal) over voxels of samples annotating a
+    foreground class, soft Dice over annotated (sample, class). A voxel labeled with a class its
+    sample does not annotate is merged background."""
     b, c = logits.shape[:2]
     probs = torch.softmax(logits, 1)
+    labels = target[:, 0].clone()
+    for i in range(b):
+        for k in range(1, c):
+            if not annotated[i, k]:
+                labels[i][labels[i] == k] = 0
     ce_terms = []
     for i in range(b):
+        if not annotated[i, 1:].any():
+            continue
         unannotated = [k for k in range(1, c) if not annotated[i, k]]
-        for idx in torch.nonzero(target[i, 0] != IGNORE):
+        for idx in torch.nonzero(labels[i] != IGNORE):
             v = tuple(idx.tolist())
-            t = int(target[i, 0][v])
+            t = int(labels[i][v])
             p = probs[i][(slice(None),) + v]
             p_t = p[0] + sum(p[k] for k in unannotated) if t == 0 else p[t]
-            ce_terms.append(-torch.log(p_t))
+            ce_terms.append(-(1 - p_t) ** gamma * torch.log(p_t))
     ce = torch.stack(ce_terms).mean()
-    valid = (target[:, 0] != IGNORE).float()
+    valid = (labels != IGNORE).float()
     dices = []
     for k in range(1, c):
         samples = [i for i in range(b) if annotated[i, k]]
         if not samples:
             continue
         terms = [(
-            (probs[i, k] * (target[i, 0] == k) * valid[i]).sum(),
+            (probs[i, k] * (labels[i] == k) * valid[i]).sum(),
             (probs[i, k] * valid[i]).sum(),
-            ((target[i, 0] == k).float() * valid[i]).sum()) for i in samples]
+            ((labels[i] == k).float() * valid[i]).sum()) for i in samples]
         if batch_dice:
             inter, pred, gt = (sum(t[j] for t in terms) for j in range(3))
             dices.append((2 * inter + smooth) / (gt + pred + smooth))
@@ -60,17 +69,23 @@ def reference_loss(logits, target, annotated, batch_dice, smooth=1e-5):
     return ce - torch.stack(dices).mean()
 
 
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
 @pytest.mark.parametrize("batch_dice", [True, False])
-def test_partial_annotation_matches_loop_reference(batch_dice):
-    logits, target = batch(seed=1)
-    annotated = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
-    # a class that is not annotated never appears in that case's labels
-    for i in range(3):
-        for k in range(1, 4):
-            if not annotated[i, k]:
-                target[i][target[i] == k] = 0
-    ours = PartialLabelDiceCELoss(IGNORE, batch_dice)(logits, target, annotated)
-    torch.testing.assert_close(ours, reference_loss(logits, target, annotated, batch_dice), atol=1e-5, rtol=1e-5)
+def test_partial_annotation_matches_loop_reference(batch_dice, gamma):
+    logits, target = batch(seed=1, b=4)
+    # the last sample annotates no foreground class; labels of unannotated classes stay in the
+    # label maps (as in a file holding manual and pseudo labels) and must read as background
+    annotated = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    ours = PartialLabelLoss(IGNORE, batch_dice, focal_gamma=gamma)(logits, target, annotated)
+    reference = reference_loss(logits, target, annotated, batch_dice, gamma)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_focal_loss_down_weights_easy_voxels():
+    logits, target = batch(seed=4)
+    annotated = torch.ones(3, 4, dtype=torch.bool)
+    ce, focal = (PartialLabelLoss(IGNORE, False, focal_gamma=g)(logits, target, annotated) for g in (0.0, 2.0))
+    assert focal < ce
 
 
 def test_unannotated_class_is_not_penalised_on_background():
@@ -78,7 +93,7 @@ def test_unannotated_class_is_not_penalised_on_background():
     logits = torch.full((1, 3, 2, 2, 2), -10.0)
     logits[:, 2] = 10.0  # confident class 2 everywhere
     target = torch.zeros(1, 1, 2, 2, 2, dtype=torch.long)
-    loss = PartialLabelDiceCELoss(None, False)
+    loss = PartialLabelLoss(None, False)
     annotated_all = torch.ones(1, 3, dtype=torch.bool)
     annotated_part = torch.tensor([[True, True, False]])
     assert loss(logits, target, annotated_all) > loss(logits, target, annotated_part) + 5
@@ -89,7 +104,7 @@ def test_fully_unlabeled_batch_gives_zero_gradient():
     target[:] = IGNORE
     annotated = torch.zeros(3, 4, dtype=torch.bool)
     annotated[:, 0] = True
-    loss = PartialLabelDiceCELoss(IGNORE, True)(logits, target, annotated)
+    loss = PartialLabelLoss(IGNORE, True)(logits, target, annotated)
     loss.backward()
     assert math.isfinite(loss.item())
     assert logits.grad.abs().sum() == 0
@@ -99,6 +114,6 @@ def test_absent_class_and_single_class_are_finite():
     logits, target = batch(seed=3, c=2)
     target[target == 1] = 0  # the only foreground class is absent
     target[target == IGNORE] = 0
-    loss = PartialLabelDiceCELoss(IGNORE, False)(logits, target, torch.ones(3, 2, dtype=torch.bool))
+    loss = PartialLabelLoss(IGNORE, False)(logits, target, torch.ones(3, 2, dtype=torch.bool))
     loss.backward()
     assert math.isfinite(loss.item()) and torch.isfinite(logits.grad).all()

@@ -162,6 +162,26 @@ def test_partial_labels(tmp_path):
     assert set(uda.annotated_labels(ct_test)) == set(ORGANS)
 
 
+def test_partial_labels_with_initial_pseudo_labels(tmp_path):
+    folder = make(tmp_path, partial_labels=True, pseudo_labels="reg", n_target=2)
+    uda, labels, references = table(folder), arrays(folder, "labelsTr"), arrays(folder, "labelsTr_reference")
+    gallbladder = LABELS["gallbladder"]
+    for name, label in labels.items():
+        case, reference = name[:-7], references[name]
+        if "_T2_" in name:
+            assert uda.cases[case].labels == "pseudo" and uda.pseudo_labeled(case) == ORGANS
+            continue
+        manual = uda.ground_truth_labels(case)
+        assert uda.cases[case].labels == "ground_truth" and uda.cases[case].round == 0
+        assert set(manual) | set(uda.pseudo_labeled(case)) == set(ORGANS) and not set(manual) & set(uda.pseudo_labeled(case))
+        for organ in manual:  # hand-drawn classes are exact
+            assert np.array_equal(label == LABELS[organ], reference == LABELS[organ]), (name, organ)
+        for organ in uda.pseudo_labeled(case):  # the others are present but perturbed
+            assert (label == LABELS[organ]).any() and not np.array_equal(label == LABELS[organ], reference == LABELS[organ])
+        assert ("gallbladder" in manual) == ("_T1_" in name)
+    assert all(np.any(labels[n] == gallbladder) for n in labels if "_CT_" in n)
+
+
 def test_reg_pseudo_labels_are_better_than_sreg(tmp_path):
     dice = {}
     for dataset_id, kind in ((2, "reg"), (3, "sreg")):

@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="AICL-style partial labels: CT annotates all organs but the gallbladder, the T1 "
                              "training cases only the gallbladder")
     parser.add_argument("--pseudo_labels", choices=sorted(PSEUDO_LABEL_PERTURBATIONS),
-                        help="give unlabeled training cases registration-like initial pseudo labels (reg: "
-                             "shift + warp; sreg: an extra 3-4 voxel translation)")
+                        help="give unlabeled training cases (with --partial_labels: the unannotated classes "
+                             "of every training case) registration-like initial pseudo labels (reg: shift + "
+                             "warp; sreg: an extra 3-4 voxel translation)")
     parser.add_argument("--semi_supervised", type=float, metavar="FRACTION",
                         help="semi-supervised variant: CT only, this fraction of the training cases labeled")
     parser.add_argument("--fully_labeled", action="store_true",

@@ -1,4 +1,4 @@
-"""Cross-entropy and soft Dice for partially annotated and unlabeled cases.
+"""Cross-entropy (or focal) and soft Dice for partially annotated and unlabeled cases.
 
 A case annotates a subset of the classes (the domain table says which, per case). A class that is
 not annotated in a case is drawn as background in its label file, so a background voxel there
@@ -6,13 +6,17 @@ means "background or one of the unannotated classes". The loss follows that mean
 marginal loss of Shi et al., MedIA 2021, used by partial-label multi-organ segmentation):
 
 - cross-entropy on the merged distribution in which the background probability is
-  p_0 + sum over unannotated classes k of p_k;
+  p_0 + sum over unannotated classes k of p_k; with ``focal_gamma`` > 0 the focal loss of Lin et
+  al. 2017, -(1 - p_t)^gamma log p_t (no alpha weighting), on the same merged distribution;
 - soft Dice over the annotated foreground classes of each sample only.
 
-Voxels with nnU-Net's ignore label count in neither term, and a fully unlabeled case (every voxel
-ignore) contributes nothing. When every class is annotated in every case, the loss equals nnU-Net's
-``DC_and_CE_loss`` (CE weight 1, Dice weight 1, smooth 1e-5, no background Dice), which the tests
-check.
+A voxel labeled with a class the sample does not annotate (a label file holding classes of two
+sources, as AICL's partially labeled cases with pseudo-labeled organs do) is read as merged
+background too, so one label file serves the loss of each source with its own ``annotated`` mask.
+Voxels with nnU-Net's ignore label count in neither term, and a case with no annotated foreground
+class (e.g. a fully unlabeled one) contributes nothing. When every class is annotated in every case
+and ``focal_gamma`` is 0, the loss equals nnU-Net's ``DC_and_CE_loss`` (CE weight 1, Dice weight 1,
+smooth 1e-5, no background Dice), which the tests check.
 """
 from __future__ import annotations
 
@@ -63,13 +67,15 @@ def partial_soft_dice(probs: torch.Tensor, target: torch.Tensor, annotated: torc
     return -(dice * weight).sum() / weight.sum()
 
 
-class PartialLabelDiceCELoss(nn.Module):
-    """CE + soft Dice (weights 1 and 1, as nnU-Net) honouring per-case annotated classes."""
+class PartialLabelLoss(nn.Module):
+    """CE (or focal, ``focal_gamma`` > 0) + soft Dice, weights 1 and 1 as nnU-Net, honouring
+    per-case annotated classes. AICL's focal-Dice l_sup (section 2.3) is ``focal_gamma=2``."""
 
-    def __init__(self, ignore_label: int | None, batch_dice: bool, smooth: float = 1e-5):
+    def __init__(self, ignore_label: int | None, batch_dice: bool, focal_gamma: float = 0.0, smooth: float = 1e-5):
         super().__init__()
         self.ignore_label = ignore_label
         self.batch_dice = batch_dice
+        self.focal_gamma = focal_gamma
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
@@ -77,8 +83,12 @@ class PartialLabelDiceCELoss(nn.Module):
         target = target[:, 0].long()
         valid = target != self.ignore_label if self.ignore_label is not None else torch.ones_like(target, dtype=torch.bool)
         clean = torch.where(valid, target, 0)
+        clean = torch.where(annotated.gather(1, clean.flatten(1)).view_as(clean), clean, 0)
         dice = partial_soft_dice(torch.softmax(logits, 1), clean, annotated, valid, self.batch_dice, self.smooth)
+        valid = valid & annotated[:, 1:].any(1).view((-1,) + (1,) * (valid.ndim - 1))
         if not valid.any():
             return dice
-        ce = F.nll_loss(merged_log_probs(logits, annotated), clean.masked_fill(~valid, -100), ignore_index=-100)
-        return ce + dice
+        log_pt = merged_log_probs(logits, annotated).gather(1, clean.unsqueeze(1))[:, 0][valid]
+        if self.focal_gamma == 0:
+            return -log_pt.mean() + dice
+        return -((1 - log_pt.exp()) ** self.focal_gamma * log_pt).mean() + dice

@@ -44,7 +44,8 @@ Besides the plain UDA benchmark (labelled CT, ignore-only target label files), t
 writes AICL-style partial labels (CT without gallbladder, T1 with the gallbladder only),
 registration-like initial pseudo labels (``reg``, ``sreg``), a semi-supervised single-domain
 variant and the fully labelled twin (same images, true target labels) for the supervised ceiling.
-The true labels of the target training cases are always written to ``labelsTr_reference``.
+The true labels of the target training cases (and of cases with pseudo-labeled classes) are always
+written to ``labelsTr_reference``.
 Every case is drawn from its own random generator, seeded from (seed, domain, index, split), so
 a case's image never depends on the options or on the generation order.
 """
@@ -401,12 +402,14 @@ def _is_int(value) -> bool:
 @dataclass(frozen=True)
 class CasePlan:
     """One case to write: its id, domain, index and split, and for training cases what its label
-    file holds (``ground_truth``, ``pseudo`` or ``none``)."""
+    file holds (``ground_truth``, ``pseudo`` or ``none``) and, for ground-truth cases, which of
+    their unannotated classes are filled with initial pseudo labels (``pseudo``)."""
     case_id: str
     domain: str
     index: int
     split: str
     labels: str = "ground_truth"
+    pseudo: tuple[str, ...] = ()
 
 
 def plan_cases(options: PhantomOptions) -> list[CasePlan]:
@@ -418,8 +421,10 @@ def plan_cases(options: PhantomOptions) -> list[CasePlan]:
         for i in range(n):
             within_labeled = domain != SOURCE_DOMAIN or i < options.n_labeled
             labeled = options.fully_labeled or (bool(options.annotated(domain)) and within_labeled)
+            filled = tuple(o for o in ORGANS if o not in options.annotated(domain)) \
+                if labeled and options.pseudo_labels else ()
             plans.append(CasePlan(f"ph_{domain}_{i:03d}", domain, i, "train",
-                                  "ground_truth" if labeled else unlabeled))
+                                  "ground_truth" if labeled else unlabeled, filled))
     for domain in options.domains:
         plans += [CasePlan(f"ph_{domain}_ts{i:03d}", domain, i, "test") for i in range(options.n_test)]
     return plans
@@ -436,7 +441,9 @@ def domain_table(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
     for plan in plans:
         if plan.split == "train":
             entry = {"domain": plan.domain, "labels": plan.labels}
-            if plan.labels == "pseudo":
+            if plan.pseudo:
+                entry["pseudo_labels"] = list(plan.pseudo)
+            if plan.labels == "pseudo" or plan.pseudo:
                 entry["round"] = 0
             cases[plan.case_id] = entry
         else:
@@ -752,10 +759,14 @@ def training_label(case: PhantomCase, plan: CasePlan, options: PhantomOptions) -
     """The label file content of a training case, by what the domain table says it holds."""
     if plan.labels == "none":
         return np.full_like(case.label, IGNORE_LABEL)
+    if plan.labels == "ground_truth" and not plan.pseudo:
+        return keep_classes(case.label, options.annotated(plan.domain))
+    rng = case_rng(options.seed, plan.domain, plan.index, plan.split, stream=1)
+    pseudo = perturb_labels(case.label, case.spacing, PSEUDO_LABEL_PERTURBATIONS[options.pseudo_labels], rng)
     if plan.labels == "pseudo":
-        rng = case_rng(options.seed, plan.domain, plan.index, plan.split, stream=1)
-        return perturb_labels(case.label, case.spacing, PSEUDO_LABEL_PERTURBATIONS[options.pseudo_labels], rng)
-    return keep_classes(case.label, options.annotated(plan.domain))
+        return pseudo
+    manual = keep_classes(case.label, options.annotated(plan.domain))
+    return np.where(manual > 0, manual, keep_classes(pseudo, plan.pseudo)).astype(np.uint8)
 
 # ---------------------------------------------------------------------------------------------
 # Writing
@@ -780,7 +791,7 @@ def write_case(folder: Path, plan: CasePlan, options: PhantomOptions) -> Phantom
     write_volume(case.image, folder / images / f"{plan.case_id}_0000{FILE_ENDING}", *geometry)
     label = training_label(case, plan, options) if plan.split == "train" else case.label
     write_volume(label, folder / labels / f"{plan.case_id}{FILE_ENDING}", *geometry)
-    if plan.split == "train" and plan.domain in options.targets:
+    if plan.split == "train" and (plan.domain in options.targets or plan.pseudo):
         write_volume(case.label, folder / "labelsTr_reference" / f"{plan.case_id}{FILE_ENDING}", *geometry)
     return case
 
@@ -823,7 +834,9 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
     cases per target domain (T1, T2); ``n_test`` test cases per domain; ``seed``: everything is a
     function of it. ``partial_labels``: CT annotates all but the gallbladder, T1 training cases
     annotate only the gallbladder. ``pseudo_labels`` (``"reg"``/``"sreg"``): unlabeled training
-    cases get registration-like initial pseudo labels instead of ignore-only ones.
+    cases get registration-like initial pseudo labels instead of ignore-only ones; with
+    ``partial_labels``, so do the unannotated classes of the partially labeled cases (manual
+    labels win where both are drawn), as in AICL's setting.
     ``semi_supervised`` (fraction in (0, 1)): CT only, with round(fraction * n_source) labeled
     training cases. ``fully_labeled``: every training case carries its true labels (the images
     equal those of the dataset without it). ``output_root`` defaults to ``$nnUNet_raw``; the

@@ -8,7 +8,7 @@ What it adds to nnU-Net's trainer, and nothing more:
   :class:`~nnunet_uda.nn.network.DomainConditionedUNet`); each sample is normalised with its
   own domain's parameters;
 - a supervised loss on annotated voxels and annotated classes only
-  (:class:`~nnunet_uda.losses.partial_labels.PartialLabelDiceCELoss`);
+  (:class:`~nnunet_uda.losses.partial_labels.PartialLabelLoss`);
 - per-epoch scalars of subclasses (``log_scalar``) in the training log, nnU-Net's logger and
   ``progress.png``;
 - extra state (networks, optimizers, buffers, counters registered with ``register_state``)
@@ -44,7 +44,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_uda.data.loader import MixedBatchDataLoader, split_batch
 from nnunet_uda.domains import DomainTable
-from nnunet_uda.losses.partial_labels import PartialLabelDiceCELoss
+from nnunet_uda.losses.partial_labels import PartialLabelLoss
 from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet
 from nnunet_uda.planning import PLANS_KEY
 from nnunet_uda.training.brief import apply_brief_settings
@@ -69,15 +69,20 @@ class nnUNetTrainerUDA(nnUNetTrainer):
     target_share: float = 0.5
     #: condition the encoder's instance norms on the domain (AICL eq. 1)
     use_conditional_norm: bool = True
+    #: focal exponent of the supervised loss (0: cross-entropy, as nnU-Net)
+    focal_gamma: float = 0.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.domain_table = DomainTable.from_dataset_json(dataset_json)
         # per-case lookups for every batch: domain index and annotated output channels
-        cases = list(self.domain_table.cases) + list(self.domain_table.test_cases)
-        self._case_domain = {c: self.domain_table.domain_index(self.domain_table.domain_of(c)) for c in cases}
-        self._case_annotated = {c: self._annotation_row(c) for c in cases}
+        table = self.domain_table
+        cases = list(table.cases) + list(table.test_cases)
+        self._case_domain = {c: table.domain_index(table.domain_of(c)) for c in cases}
+        self._case_annotated = {source: {c: self._annotation_row(labels(c)) for c in cases} for source, labels in (
+            ("any", table.annotated_labels), ("ground_truth", table.ground_truth_labels),
+            ("pseudo", table.pseudo_labeled))}
         self.logger.local_logger = ExtendedLocalLogger(self.logger.local_logger.verbose)
         self._epoch_scalars: dict[str, list[float]] = defaultdict(list)
         self.extra_state: dict[str, object] = {}
@@ -94,10 +99,10 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         """Record a scalar in this epoch; its epoch mean goes to the log and progress.png."""
         self._epoch_scalars[name].append(float(value.detach()) if torch.is_tensor(value) else float(value))
 
-    def training_loss(self, data: torch.Tensor, target: list[torch.Tensor], domains: torch.Tensor,
-                      annotated: torch.Tensor) -> torch.Tensor:
-        """The loss of one training batch; the base trainer's is the supervised loss."""
-        return self.supervised_loss(self.forward(data, domains), target, annotated)
+    def training_loss(self, data: torch.Tensor, target: list[torch.Tensor], keys) -> torch.Tensor:
+        """The loss of one training batch (case ids ``keys``); the base trainer's is the supervised
+        loss on every labeled class, manual or pseudo."""
+        return self.supervised_loss(self.forward(data, self.batch_domains(keys)), target, self.batch_annotations(keys))
 
     # ------------------------------------------------------------------ network
     @classmethod
@@ -129,18 +134,20 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         return self.network(data)
 
     # ------------------------------------------------------------------ batches
-    def _annotation_row(self, case: str) -> np.ndarray:
+    def _annotation_row(self, names) -> np.ndarray:
         row = np.zeros(self.label_manager.num_segmentation_heads, dtype=bool)
-        row[[0, *self.domain_table.annotated_classes(case)]] = True
+        row[[0, *self.domain_table.classes_of(names)]] = True
         return row
 
     def batch_domains(self, keys) -> torch.Tensor:
         """(B,) domain index of each case of a batch."""
         return torch.tensor([self._case_domain[k] for k in keys], device=self.device)
 
-    def batch_annotations(self, keys) -> torch.Tensor:
-        """(B, C) bool: which output channels are annotated in each case (background always)."""
-        return torch.from_numpy(np.stack([self._case_annotated[k] for k in keys])).to(self.device)
+    def batch_annotations(self, keys, source: str = "any") -> torch.Tensor:
+        """(B, C) bool: which output channels are labeled in each case (background always), by
+        ``source``: ``any``, ``ground_truth`` (drawn by hand) or ``pseudo``."""
+        rows = self._case_annotated[source]
+        return torch.from_numpy(np.stack([rows[k] for k in keys])).to(self.device)
 
     def batch_pools(self, training_cases) -> list[tuple[list[str], int]]:
         """(case ids, samples per batch) pools of a training batch: target first, source last."""
@@ -167,7 +174,8 @@ class nnUNetTrainerUDA(nnUNetTrainer):
 
     # ------------------------------------------------------------------ loss
     def _build_loss(self):
-        loss = PartialLabelDiceCELoss(self.label_manager.ignore_label, self.configuration_manager.batch_dice)
+        loss = PartialLabelLoss(self.label_manager.ignore_label, self.configuration_manager.batch_dice,
+                                self.focal_gamma)
         scales = self._get_deep_supervision_scales() if self.enable_deep_supervision else [1]
         weights = np.array([1 / (2 ** i) for i in range(len(scales))])
         if len(weights) > 1:
@@ -220,10 +228,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: dict) -> dict:
         data, target = self._to_device(batch)
-        domains, annotated = self.batch_domains(batch["keys"]), self.batch_annotations(batch["keys"])
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = self.training_loss(data, target, domains, annotated)
+            loss = self.training_loss(data, target, batch["keys"])
         self.optimizer_step(loss, self.optimizer, self.network.parameters())
         self.counters.values["iterations"] += 1
         return {"loss": loss.detach().cpu().numpy()}
@@ -249,11 +256,12 @@ class nnUNetTrainerUDA(nnUNetTrainer):
             output = self.forward(data, domains)
             loss = self.supervised_loss(output, target, annotated)
         output = output[0] if isinstance(output, (list, tuple)) else output
-        tp, fp, fn = self.online_counts(output, target[0], annotated)
+        tp, fp, fn = self.online_counts(output, target[0], self.batch_annotations(batch["keys"], "ground_truth"))
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
 
     def online_counts(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor):
-        """nnU-Net's pseudo-Dice counts per foreground class, over annotated (sample, class) pairs."""
+        """nnU-Net's pseudo-Dice counts per foreground class, over annotated (sample, class) pairs
+        (validation counts hand-drawn classes only)."""
         onehot = torch.zeros_like(logits, dtype=torch.float16).scatter_(1, logits.argmax(1, keepdim=True), 1)
         target = target.clone()
         mask = None

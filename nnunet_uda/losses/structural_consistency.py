@@ -1,0 +1,44 @@
+"""Contrastive structural consistency loss l_csc of AICL (section 2.3, eq. 5).
+
+    l_csc = -E sum_k log [ phi(Y^k_m1, Y^k_m2) / sum_j phi(Y^k_m1, Y^j_m2) ]
+
+Y^k_m is the image-scale soft prediction (softmax probability map) of organ k for an input of
+modality m and phi the cosine similarity of two maps, so for every organ the same organ's map in
+the other modality is the positive and the other organs' maps are the negatives. The expectation
+runs over every ordered pair of samples of different domains in the batch (both directions, as
+the fraction normalises over the second sample's organs). The paper's orbital and cardiac inputs
+are registered pairs; nnU-Net batches pair patches of different cases, whose organ layouts agree
+only roughly, so the loss asks organ maps to overlap their counterpart more than any other organ.
+Organs k and j range over the organs predicted (argmax) in the samples (k in both, j in the
+second): an organ a sample does not show is no anatomical structure to contrast. A pair without a
+shared organ, or a batch of one domain, contributes nothing. Probability maps are non-negative, so phi lies in [0, 1]; ``eps``
+keeps the logarithm finite where a map vanishes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def predicted_classes(probs: torch.Tensor) -> torch.Tensor:
+    """(B, C - 1) bool: foreground classes that win the argmax somewhere in each sample."""
+    winners = probs.argmax(1).flatten(1)
+    present = torch.zeros(probs.shape[:2], dtype=torch.bool, device=probs.device).scatter_(1, winners, True)
+    return present[:, 1:]
+
+
+def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
+                                eps: float = 1e-6) -> torch.Tensor:
+    """l_csc (eq. 5). ``probs`` (B, K + 1, *s) softmax with background first; ``domains`` (B,)
+    domain indices; ``present`` (B, K) bool organs to contrast (e.g. :func:`predicted_classes`)."""
+    maps = F.normalize(probs[:, 1:].float().flatten(2), dim=2)  # (B, K, V)
+    b, k = present.shape
+    phi = (maps.flatten(0, 1) @ maps.flatten(0, 1).T).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)
+    positive = torch.diagonal(phi, dim1=2, dim2=3)  # (a, b, k)
+    negatives = (phi * present[None, :, None, :]).sum(3)  # over the organs j of the second sample
+    terms = torch.log(negatives + eps) - torch.log(positive + eps)
+    organs = present[:, None, :] & present[None, :, :] & (domains[:, None] != domains[None, :])[..., None]
+    pairs = organs.any(2)
+    if not pairs.any():
+        return probs.sum() * 0.0
+    return (terms * organs).sum() / pairs.sum()

@@ -1,0 +1,152 @@
+"""nnUNetTrainerAICL: adaptive inter-organ contrastive learning (Sun et al., MIDL 2026).
+
+The recipe (paper section 2, eq. 6)::
+
+    l_total = lambda_sup l_sup + lambda_supUL(t) l_supUL + lambda_csc(t) l_csc + lambda_fpc(t) l_fpc
+
+- data: every batch interleaves target and source cases (the base trainer's mixed batches);
+- network: nnU-Net's U-Net (ResEnc by default) whose encoder norms are conditional on the
+  modality (eq. 1), one forward pass giving logits and encoder features;
+- l_sup: focal + Dice against the hand-drawn classes of each case (section 2.3);
+- l_supUL: focal + Dice against the initial pseudo labels of the classes without manual labels
+  (the domain table's label sources: a ``pseudo`` case, or ``pseudo_labels`` of a ground-truth
+  case); both under nnU-Net's deep supervision;
+- l_fpc (eq. 4) on PGPS organ cuboids (eqs. 2-3) of the encoder features at 1/4 resolution,
+  centred by the network's own detached soft predictions;
+- l_csc (eq. 5) between the image-scale soft predictions of samples of different modalities.
+
+Schedules (section 3.2), with t the training progress in epochs (fractional, per iteration):
+lambda_supUL = 1 - r(t), lambda_csc = r(t), lambda_fpc = 0.5 r(t), r(t) = min(1, max(0, (t - 10) / T)),
+T = 20. The paper counts its own epochs; here t counts nnU-Net epochs (250 iterations each by
+default) one for one, so the warm-up lasts 10 nnU-Net epochs and the ramps end at epoch 30. Every
+weight and schedule constant is a class attribute a variant can change.
+
+Adaptations to nnU-Net, stated:
+
+- optimiser and learning rate stay nnU-Net's (SGD, poly schedule from 1e-2) instead of the paper's
+  Adam 1e-4 for SwinUNETR and U-Net: nnU-Net's networks and schedules are tuned together;
+- the contrast features are the output of the encoder stage at cumulative stride 4
+  (:func:`~nnunet_uda.organ_extents.contrast_stage`): the paper's F_m lives at H/4 x W/4 x D/4
+  (section 2.1) and maps ps = 7 to image patches of 24-32 voxels (Fig. 6), i.e. stride 4. It is an
+  encoder stage because PGCL aligns the CIN encoder's latent space (section 2.2.2);
+- PGPS cuboid size: ``pgps_patch_size`` if set, else the size planned from the training labels
+  (``plans["uda"]["pgps"]``, :mod:`nnunet_uda.organ_extents`), else the paper's 7 for TAO;
+  ``organ_adaptive_patches`` samples each organ with its own planned size, pooled to ps;
+- the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
+  value); tau = 0.07 (PatchNCE's; the paper gives no value).
+"""
+from __future__ import annotations
+
+import torch
+
+from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
+from nnunet_uda.losses.structural_consistency import predicted_classes, structural_consistency_loss
+from nnunet_uda.nn.organ_patches import OrganPatchSampler
+from nnunet_uda.organ_extents import contrast_stage
+from nnunet_uda.planning import PLANS_KEY
+from nnunet_uda.training.base import nnUNetTrainerUDA
+
+
+def ramp(t: float, start: float, length: float) -> float:
+    """min(1, max(0, (t - start) / length)); a step at ``start`` when ``length`` is 0."""
+    if length <= 0:
+        return float(t >= start)
+    return min(1.0, max(0.0, (t - start) / length))
+
+
+class nnUNetTrainerAICL(nnUNetTrainerUDA):
+    focal_gamma = 2.0
+    lambda_sup = 1.0
+    #: maxima of the ramped weights (section 3.2)
+    lambda_supUL_max = 1.0
+    lambda_csc_max = 1.0
+    lambda_fpc_max = 0.5
+    #: warm-up (10) and ramp length T (20), in epochs
+    warmup_epochs = 10.0
+    rampup_epochs = 20.0
+    temperature = 0.07
+    use_fpc = True
+    use_csc = True
+    #: PGPS cuboid size at the feature resolution (odd per axis); None: planned, else DEFAULT_PATCH_SIZE
+    pgps_patch_size: tuple[int, int, int] | None = None
+    organ_adaptive_patches = False
+    DEFAULT_PATCH_SIZE = (7, 7, 7)
+
+    def initialize(self):
+        super().initialize()
+        strides = self.configuration_manager.network_arch_init_kwargs["strides"]
+        self.contrast_stage = contrast_stage(strides)
+        self.patch_sampler = self._build_patch_sampler()
+        self.print_to_log_file(f"AICL: contrast features from encoder stage {self.contrast_stage}, PGPS cuboids "
+                               f"{self.patch_sampler.patch_size}"
+                               + (f", organ-adaptive {self.patch_sampler.organ_sizes}" if self.organ_adaptive_patches
+                                  else ""))
+
+    def _build_patch_sampler(self) -> OrganPatchSampler:
+        planned = self.plans_manager.plans.get(PLANS_KEY, {}).get("pgps", {}).get(self.configuration_name)
+        size = self.pgps_patch_size or (planned["patch_size"] if planned else self.DEFAULT_PATCH_SIZE)
+        organ_sizes = None
+        if self.organ_adaptive_patches:
+            if not planned:
+                raise RuntimeError(f"{self.__class__.__name__}: organ-adaptive PGPS needs planned organ extents "
+                                   f"(plans[\"{PLANS_KEY}\"][\"pgps\"]); plan with nnUNetv2_uda_plan_and_preprocess")
+            organ_sizes = {self.domain_table.label_names[o]: s for o, s in planned["organ_patch_sizes"].items()}
+        return OrganPatchSampler(size, organ_sizes)
+
+    # ------------------------------------------------------------------ schedule (section 3.2)
+    @property
+    def progress_epochs(self) -> float:
+        """t: epochs of training done, fractional within an epoch."""
+        return self.counters.values["iterations"] / self.num_iterations_per_epoch
+
+    def loss_weights(self, t: float) -> dict[str, float]:
+        r = ramp(t, self.warmup_epochs, self.rampup_epochs)
+        return {"sup": self.lambda_sup, "supUL": self.lambda_supUL_max * (1 - r),
+                "csc": self.lambda_csc_max * r if self.use_csc else 0.0,
+                "fpc": self.lambda_fpc_max * r if self.use_fpc else 0.0}
+
+    # ------------------------------------------------------------------ the loss (eq. 6)
+    def training_loss(self, data, target, keys):
+        domains = self.batch_domains(keys)
+        weights = self.loss_weights(self.progress_epochs)
+        output = self.forward(data, domains, return_features=True)
+        logits = output.logits if isinstance(output.logits, list) else [output.logits]
+        losses = {"sup": self.supervised_loss(logits, target, self.batch_annotations(keys, "ground_truth")),
+                  "supUL": self.supervised_loss(logits, target, self.batch_annotations(keys, "pseudo"))}
+        probs = torch.softmax(logits[0].float(), 1)
+        if weights["csc"] > 0:
+            losses["csc"] = structural_consistency_loss(probs, domains, predicted_classes(probs.detach()))
+        if weights["fpc"] > 0:
+            patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
+            losses["fpc"] = patch_contrastive_loss(patches.embeddings, patches.present, self.temperature)
+        for name, value in losses.items():
+            self.log_scalar(f"l_{name}", value)
+        for name, value in weights.items():
+            self.log_scalar(f"lambda_{name}", value)
+        return sum(weights[name] * value for name, value in losses.items())
+
+
+class nnUNetTrainerAICL_noFPC(nnUNetTrainerAICL):
+    """Ablation (Table 3): without the feature-patch contrastive loss."""
+    use_fpc = False
+
+
+class nnUNetTrainerAICL_noCSC(nnUNetTrainerAICL):
+    """Ablation (Table 3): without the contrastive structural consistency loss."""
+    use_csc = False
+
+
+class nnUNetTrainerAICL_noFPC_noCSC(nnUNetTrainerAICL):
+    """Ablation (Table 3, first row): focal-Dice supervision (l_sup, l_supUL) only."""
+    use_fpc = False
+    use_csc = False
+
+
+class nnUNetTrainerAICL_ColdStart(nnUNetTrainerAICL):
+    """Cold start (Fig. 5 C-F): no warm-up; the contrastive weights ramp up from the first iteration."""
+    warmup_epochs = 0.0
+
+
+class nnUNetTrainerAICL_OrganAdaptive(nnUNetTrainerAICL):
+    """PGPS with organ-adaptive cuboid sizes (section 3.4.3's suggested improvement)."""
+    organ_adaptive_patches = True

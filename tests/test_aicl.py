@@ -1,0 +1,112 @@
+"""nnUNetTrainerAICL: schedules, gradient paths, and a real nnU-Net run (train, resume, predict)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_unet
+
+from nnunet_uda.data.raw import dataset_folder_name
+from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
+from nnunet_uda.losses.structural_consistency import structural_consistency_loss
+from nnunet_uda.nn.network import DomainConditionedUNet
+from nnunet_uda.nn.organ_patches import OrganPatchSampler
+from nnunet_uda.pipeline import Runner, command, nnunet_environment, predict_test_sets
+from nnunet_uda.planning import DEFAULT_PLANS
+from nnunet_uda.training.aicl import nnUNetTrainerAICL, nnUNetTrainerAICL_ColdStart, nnUNetTrainerAICL_noFPC_noCSC
+
+
+def paper_weights(t, T=20):
+    """Section 3.2, transcribed."""
+    r = min(1, max(0, (t - 10) / T))
+    return {"sup": 1.0, "supUL": 1 - r, "csc": r, "fpc": 0.5 * r}
+
+
+@pytest.mark.parametrize("t", [0, 5, 10, 12.5, 20, 29.9, 30, 45])
+def test_schedule_is_the_papers(t):
+    trainer = object.__new__(nnUNetTrainerAICL)
+    assert trainer.loss_weights(t) == pytest.approx(paper_weights(t))
+
+
+def test_variants_switch_terms_and_warm_up():
+    ablation = object.__new__(nnUNetTrainerAICL_noFPC_noCSC).loss_weights(40)
+    assert ablation["fpc"] == ablation["csc"] == 0 and ablation["supUL"] == 0
+    cold = object.__new__(nnUNetTrainerAICL_ColdStart).loss_weights(5)
+    assert cold["fpc"] == pytest.approx(0.5 * 5 / 20) and cold["supUL"] == pytest.approx(0.75)
+
+
+def test_contrastive_gradients_reach_the_encoder_and_its_conditional_norms():
+    from nnunet_uda.nn.conditional_norm import ConditionalInstanceNorm
+    torch.manual_seed(0)
+    net = DomainConditionedUNet(tiny_unet("resenc", num_classes=4), ["CT", "T1", "T2"], "T1")
+    x = torch.randn(2, 1, 16, 16, 16)
+    domains = torch.tensor([1, 0])  # T1 and CT; T2 absent from the batch
+    out = net(x, domains, return_features=True)
+    organs = torch.zeros(2, 16, 16, 16, dtype=torch.long)  # three organs in three octants
+    organs[:, :8, :8, :8], organs[:, 8:, :8, 8:], organs[:, :8, 8:, 8:] = 1, 2, 3
+    guidance = torch.nn.functional.one_hot(organs, 4).movedim(-1, 1).float()
+    patches = OrganPatchSampler((3, 3, 3))(out.encoder[2], guidance)
+    patch_contrastive_loss(patches.embeddings, patches.present).backward(retain_graph=True)
+    norms = [m for m in net.encoder.modules() if isinstance(m, ConditionalInstanceNorm)]
+    for norm in norms:  # the batch's domains get gradients, the absent one none
+        assert norm.weight.grad[[0, 1]].abs().sum(1).min() > 0 and norm.weight.grad[2].abs().sum() == 0
+    assert net.encoder.stem.convs[0].conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.decoder.seg_layers.parameters())  # l_fpc acts on the encoder only
+    net.zero_grad()
+    probs = torch.softmax(out.logits[0], 1)
+    structural_consistency_loss(probs, domains, torch.ones(2, 3, dtype=torch.bool)).backward()
+    assert net.decoder.seg_layers[-1].weight.grad.abs().sum() > 0 and norms[0].weight.grad[[0, 1]].abs().sum() > 0
+
+
+DATASET = 952
+TRAINER = "nnUNetTrainerAICL_ColdStart"
+
+
+@pytest.fixture(scope="module")
+def aicl_run(tmp_path_factory):
+    """Partial labels with registration-like pseudo labels for the rest, as in AICL's setting."""
+    work = tmp_path_factory.mktemp("aicl")
+    run = Runner(nnunet_environment(work, epochs=1, iterations=3, val_iterations=1, processes=1), log=work / "log.txt")
+    d = str(DATASET)
+    run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, "--shape", "20", "20", "20", "--n_source", "4",
+        "--n_target", "2", "--n_test", "1", "--partial_labels", "--pseudo_labels", "reg")
+    run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1")
+    train = (command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", TRAINER, "-p", DEFAULT_PLANS, "-device", "cpu")
+    run("train", *train)
+    run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
+    raw = work / "nnUNet_raw" / dataset_folder_name(DATASET, "UDAPhantom")
+    predictions = predict_test_sets(run, raw, DATASET, TRAINER, work / "predictions", work)
+    preprocessed = work / "nnUNet_preprocessed" / dataset_folder_name(DATASET, "UDAPhantom")
+    results = work / "nnUNet_results" / dataset_folder_name(DATASET, "UDAPhantom") / \
+        f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
+    return dict(work=work, results=results, predictions=predictions, preprocessed=preprocessed)
+
+
+def test_planning_derives_pgps_patch_sizes(aicl_run):
+    plans = json.loads((aicl_run["preprocessed"] / f"{DEFAULT_PLANS}.json").read_text())
+    pgps = plans["uda"]["pgps"]["3d_fullres"]
+    assert all(s % 2 == 1 and 1 <= s <= n for s, n in zip(pgps["patch_size"], pgps["feature_shape"]))
+    assert set(pgps["extents"]) == {"liver", "spleen", "kidney_left", "kidney_right", "aorta", "gallbladder"}
+    assert pgps["extents"]["gallbladder"]["n"] == 2  # hand-drawn in the two T1 cases only, not the pseudo ones
+    assert (aicl_run["preprocessed"] / "pgps_extents_3d_fullres.png").is_file()
+
+
+def test_every_aicl_term_is_trained_logged_and_resumed(aicl_run):
+    checkpoint = torch.load(aicl_run["results"] / "checkpoint_final.pth", weights_only=False)
+    assert checkpoint["current_epoch"] == 2 and checkpoint["uda_state"]["counters"]["iterations"] == 6
+    logged = checkpoint["logging"]
+    for name in ("l_sup", "l_supUL", "l_csc", "l_fpc", "lambda_fpc", "lambda_supUL"):
+        assert len(logged[name]) == 2 and all(math.isfinite(v) for v in logged[name]), name
+    # cold start: the ramps move from the first iteration (t = i / 3 epochs)
+    assert logged["lambda_fpc"][1] > logged["lambda_fpc"][0] > 0 and logged["lambda_supUL"][1] < 1
+    assert (aicl_run["results"] / "progress.png").is_file()
+    assert "Epoch 1" in (aicl_run["work"] / "log.txt").read_text().split("--c")[-1]
+
+
+def test_predictions_for_every_domain(aicl_run):
+    import SimpleITK as sitk
+    files = sorted(aicl_run["predictions"].rglob("*.nii.gz"))
+    assert len(files) == 3
+    for f in files:
+        assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f))))) <= set(range(7))

@@ -1,0 +1,134 @@
+"""l_fpc (AICL eq. 4) and l_csc (eq. 5) against direct loop transcriptions, edge cases, gradients."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
+from nnunet_uda.losses.structural_consistency import predicted_classes, structural_consistency_loss
+
+
+def cosine(a, b):
+    return float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
+
+
+def loop_fpc(embeddings, present, tau):
+    """-E_m sum_k mean over positives of log[e^{s+/tau} / (e^{s+/tau} + sum_{j != k} e^{s_j/tau})]."""
+    b, k = present.shape
+    per_sample = []
+    for m in range(b):
+        total, any_anchor = 0.0, False
+        for c in range(k):
+            if not present[m, c]:
+                continue
+            positives = [cosine(embeddings[m, c], embeddings[n, c]) for n in range(b) if n != m and present[n, c]]
+            negatives = [cosine(embeddings[m, c], embeddings[n, j]) for n in range(b) for j in range(k)
+                         if j != c and present[n, j]]
+            if not positives:
+                continue
+            any_anchor = True
+            denominator_rest = sum(math.exp(s / tau) for s in negatives)
+            total += sum(-math.log(math.exp(p / tau) / (math.exp(p / tau) + denominator_rest))
+                         for p in positives) / len(positives)
+        if any_anchor:
+            per_sample.append(total)
+    return sum(per_sample) / len(per_sample)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fpc_matches_the_loop_transcription(seed):
+    g = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(4, 3, 24, generator=g)
+    present = torch.rand(4, 3, generator=g) > 0.25
+    present[0] = True
+    loss = patch_contrastive_loss(embeddings, present, temperature=0.5)
+    assert math.isclose(float(loss), loop_fpc(embeddings, present, 0.5), rel_tol=1e-4)
+
+
+def test_fpc_rewards_same_organ_alignment_across_modalities():
+    organ_directions = torch.eye(3, 16)
+    aligned = organ_directions.expand(2, 3, 16) + 0.01 * torch.randn(2, 3, 16)
+    shuffled = aligned.clone()
+    shuffled[1] = shuffled[1, [1, 2, 0]]
+    present = torch.ones(2, 3, dtype=torch.bool)
+    assert patch_contrastive_loss(aligned, present) < 0.01 < patch_contrastive_loss(shuffled, present)
+
+
+def test_fpc_edge_cases_are_finite():
+    embeddings = torch.randn(2, 3, 8, requires_grad=True)
+    one_organ = torch.tensor([[True, False, False], [True, False, False]])  # positives, no negatives
+    loss = patch_contrastive_loss(embeddings, one_organ)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and torch.isfinite(embeddings.grad).all()
+    alone = torch.tensor([[True, True, False], [False, False, True]])  # no organ shared: no positive
+    assert patch_contrastive_loss(embeddings, alone).item() == 0.0
+    assert patch_contrastive_loss(embeddings, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_fpc_gradient_reaches_present_patches_only():
+    embeddings = torch.randn(3, 3, 8, requires_grad=True)
+    present = torch.tensor([[True, True, False], [True, True, False], [True, False, False]])
+    patch_contrastive_loss(embeddings, present).backward()
+    assert embeddings.grad[:, 2].abs().sum() == 0 and embeddings.grad[1, 2].abs().sum() == 0
+    assert embeddings.grad[present].abs().sum(1).min() > 0
+
+
+def loop_csc(probs, domains, present, eps=1e-6):
+    """-E over ordered cross-domain pairs of sum_k log[phi(Y^k_a, Y^k_b) / sum_j phi(Y^k_a, Y^j_b)]."""
+    b, k = present.shape
+    pair_losses = []
+    for a in range(b):
+        for c in range(b):
+            if domains[a] == domains[c]:
+                continue
+            organs = [o for o in range(k) if present[a, o] and present[c, o]]
+            if not organs:
+                continue
+            total = 0.0
+            for o in organs:
+                positive = cosine(probs[a, o + 1], probs[c, o + 1])
+                denominator = sum(cosine(probs[a, o + 1], probs[c, j + 1]) for j in range(k) if present[c, j])
+                total += -math.log((positive + eps) / (denominator + eps))
+            pair_losses.append(total)
+    return sum(pair_losses) / len(pair_losses)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_csc_matches_the_loop_transcription(seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(2 * torch.randn(4, 4, 5, 6, 7, generator=g), 1)
+    domains = torch.tensor([1, 2, 0, 0])
+    present = torch.rand(4, 3, generator=g) > 0.2
+    loss = structural_consistency_loss(probs, domains, present)
+    assert math.isclose(float(loss), loop_csc(probs, domains, present), rel_tol=1e-4)
+
+
+def test_csc_is_low_for_matching_organ_maps_and_zero_within_one_domain():
+    labels = torch.randint(0, 4, (1, 6, 6, 6)).expand(2, -1, -1, -1)
+    sharp = F.one_hot(labels, 4).movedim(-1, 1).float() * 0.96 + 0.01
+    present = torch.ones(2, 3, dtype=torch.bool)
+    matching = structural_consistency_loss(sharp, torch.tensor([0, 1]), present)
+    swapped = sharp.clone()
+    swapped[1, 1:] = swapped[1, [2, 3, 1]]
+    assert matching < structural_consistency_loss(swapped, torch.tensor([0, 1]), present)
+    assert float(structural_consistency_loss(sharp, torch.tensor([1, 1]), present)) == 0.0
+
+
+def test_csc_gradient_and_absent_organs():
+    logits = torch.randn(2, 4, 5, 5, 5, requires_grad=True)
+    probs = torch.softmax(logits, 1)
+    present = torch.tensor([[True, False, True], [True, True, False]])
+    loss = structural_consistency_loss(probs, torch.tensor([0, 1]), present)
+    loss.backward()
+    assert math.isfinite(loss.item()) and logits.grad.abs().sum() > 0
+    nothing_shared = torch.tensor([[False, False, True], [True, True, False]])
+    assert structural_consistency_loss(probs, torch.tensor([0, 1]), nothing_shared).item() == 0.0
+
+
+def test_predicted_classes():
+    probs = torch.zeros(2, 4, 2, 2, 2)
+    probs[:, 0] = 1
+    probs[0, 2, 0, 0, 0] = 5
+    probs[1, 3, 1, 1, 1] = 5
+    assert predicted_classes(probs).tolist() == [[False, True, False], [False, False, True]]
