@@ -33,6 +33,7 @@ setup(
             "nnUNetv2_uda_harmonize=nnunet_uda.cli.harmonize:main",
             "nnUNetv2_uda_plan_and_preprocess=nnunet_uda.cli.plan:main",
             "nnUNetv2_uda_evaluate=nnunet_uda.cli.evaluate:main",
+            "nnUNetv2_uda_embeddings=nnunet_uda.cli.embeddings:main",
         ]
     },
 )

@@ -22,6 +22,19 @@ from tqdm import tqdm
 #: resolution of the contrast features relative to the input (AICL: F_m at H/4 x W/4 x D/4)
 CONTRAST_STRIDE = 4
 PERCENTILES = (10, 25, 50, 75, 90)
+#: PGPS cuboid size where nothing was planned: the paper's choice for its orbital dataset
+DEFAULT_PATCH_SIZE = (7, 7, 7)
+
+
+def planned_pgps(plans: Mapping, configuration: str) -> dict | None:
+    """What the planning command stored for ``configuration`` (None if nothing)."""
+    return plans.get("uda", {}).get("pgps", {}).get(configuration)
+
+
+def pgps_patch_size(plans: Mapping, configuration: str) -> tuple[int, ...]:
+    """The planned common PGPS patch size, else :data:`DEFAULT_PATCH_SIZE`."""
+    planned = planned_pgps(plans, configuration)
+    return tuple(planned["patch_size"]) if planned else DEFAULT_PATCH_SIZE
 
 
 def contrast_stage(strides: Sequence[Sequence[int]], contrast_stride: int = CONTRAST_STRIDE) -> int:

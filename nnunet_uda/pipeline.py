@@ -118,20 +118,37 @@ class PhantomSettings:
                 str(self.n_target), "--n_test", str(self.n_test), *self.flags]
 
 
-def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,
-                       folds: int = 5, batch_size: int = 2) -> dict:
-    """Phantom, planning, ``nnUNetv2_train`` (fold 0), prediction of every domain's test set and
-    evaluation, each through its command line. Returns the evaluation summary."""
+def prepare_phantom(run: Runner, dataset_id: int, phantom: PhantomSettings, folds: int = 5,
+                    batch_size: int = 2) -> Path:
+    """``nnUNetv2_uda_phantom`` and ``nnUNetv2_uda_plan_and_preprocess``; returns the raw folder."""
     d = str(dataset_id)
     run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, *phantom.arguments(), "--overwrite")
     run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", str(batch_size),
         "-folds", str(folds))
-    run("train", command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-p", DEFAULT_PLANS,
-        "-device", "cpu")
-    raw = Path(run.env["nnUNet_raw"]) / dataset_folder_name(dataset_id, "UDAPhantom")
-    predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{dataset_id}", work)
-    evaluation = Path(work) / f"evaluation_{dataset_id}"
+    return Path(run.env["nnUNet_raw"]) / dataset_folder_name(dataset_id, "UDAPhantom")
+
+
+def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str) -> dict:
+    """``nnUNetv2_train`` (fold 0), prediction of every domain's test set and evaluation, each
+    through its command line; returns the evaluation summary. A finished training
+    (``checkpoint_final.pth``) is not repeated, so an interrupted benchmark resumes."""
+    d = str(dataset_id)
+    results = Path(run.env["nnUNet_results"]) / raw.name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
+    if not (results / "checkpoint_final.pth").is_file():
+        resume = ("--c",) if (results / "checkpoint_latest.pth").is_file() else ()
+        run("train", command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-p", DEFAULT_PLANS,
+            "-device", "cpu", *resume)
+    tag = f"{dataset_id}_{trainer}"
+    predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{tag}", work)
+    evaluation = Path(work) / f"evaluation_{tag}"
     run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(predictions),
         "-d", d, "-o", str(evaluation))
     with open(evaluation / "summary.json") as f:
         return json.load(f)
+
+
+def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,
+                       folds: int = 5, batch_size: int = 2) -> dict:
+    """A phantom dataset, then one trainer trained and evaluated on it (see the two steps)."""
+    raw = prepare_phantom(run, dataset_id, phantom, folds, batch_size)
+    return train_and_evaluate(run, work, raw, dataset_id, trainer)

@@ -42,7 +42,7 @@ import torch
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
 from nnunet_uda.losses.structural_consistency import predicted_classes, structural_consistency_loss
 from nnunet_uda.nn.organ_patches import OrganPatchSampler
-from nnunet_uda.organ_extents import contrast_stage
+from nnunet_uda.organ_extents import contrast_stage, pgps_patch_size, planned_pgps
 from nnunet_uda.planning import PLANS_KEY
 from nnunet_uda.training.base import nnUNetTrainerUDA
 
@@ -67,10 +67,9 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     temperature = 0.07
     use_fpc = True
     use_csc = True
-    #: PGPS cuboid size at the feature resolution (odd per axis); None: planned, else DEFAULT_PATCH_SIZE
+    #: PGPS cuboid size at the feature resolution (odd per axis); None: planned, else the paper's 7
     pgps_patch_size: tuple[int, int, int] | None = None
     organ_adaptive_patches = False
-    DEFAULT_PATCH_SIZE = (7, 7, 7)
 
     def initialize(self):
         super().initialize()
@@ -83,10 +82,11 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
                                   else ""))
 
     def _build_patch_sampler(self) -> OrganPatchSampler:
-        planned = self.plans_manager.plans.get(PLANS_KEY, {}).get("pgps", {}).get(self.configuration_name)
-        size = self.pgps_patch_size or (planned["patch_size"] if planned else self.DEFAULT_PATCH_SIZE)
+        plans = self.plans_manager.plans
+        size = self.pgps_patch_size or pgps_patch_size(plans, self.configuration_name)
         organ_sizes = None
         if self.organ_adaptive_patches:
+            planned = planned_pgps(plans, self.configuration_name)
             if not planned:
                 raise RuntimeError(f"{self.__class__.__name__}: organ-adaptive PGPS needs planned organ extents "
                                    f"(plans[\"{PLANS_KEY}\"][\"pgps\"]); plan with nnUNetv2_uda_plan_and_preprocess")

@@ -9,7 +9,8 @@ exported so nnU-Net's data-augmentation workers and DDP ranks see the same value
 
 Example: ``nnUNet_uda_epochs=2 nnUNet_uda_iterations=5 nnUNet_uda_val_iterations=1
 nnUNetv2_train 900 3d_fullres 0 -tr nnUNetTrainerUDA -p nnUNetResEncUNetMPlans -device cpu``.
-Schedules that depend on the epoch (poly learning rate, loss ramps) stretch to the chosen length.
+nnU-Net's poly learning rate stretches to the chosen length; loss schedules counted in epochs
+(AICL's warm-up and ramps) do not, so a brief run may end before they do.
 """
 from __future__ import annotations
 

@@ -1,0 +1,109 @@
+"""AICL on the phantom: target-domain Dice and HD95 against its baselines, ablations and the ceiling.
+
+The setting follows the paper's (section 3.1): partial labels (CT annotates every organ but the
+gallbladder, T1 only the gallbladder, T2 nothing) and initial pseudo labels for every class without
+manual labels, registration-like (``reg``, the paper's REG) or strongly shifted (``sreg``, S-REG).
+Per setting, through nnU-Net's commands:
+
+- initial pseudo labels: the pseudo-labeled target training cases scored against their truth;
+- pseudo-label only: ``nnUNetTrainerUDA`` (conditional norms, trained on manual and initial pseudo
+  labels alike: the paper's CIN-seg);
+- AICL without l_fpc and l_csc: ``nnUNetTrainerAICL_noFPC_noCSC``;
+- AICL: ``nnUNetTrainerAICL``.
+
+The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
+domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
+first with the same ``--epochs``, ``--iterations`` and case counts): the phantom's images do not
+depend on its label options, so the floor's and ceiling's test sets and training images are these.
+Each method's share of the floor-to-ceiling gap closed is (Dice - floor) / (ceiling - floor), on
+the target domains. Finished trainings are reused, so an interrupted run resumes.
+
+    python examples/benchmark_aicl.py --work benchmark_output/aicl --gap benchmark_output/domain_gap/domain_gap.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_uda.evaluation.report import evaluate_folder
+from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom, train_and_evaluate
+
+METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
+           "AICL w/o l_fpc, l_csc": "nnUNetTrainerAICL_noFPC_noCSC",
+           "AICL": "nnUNetTrainerAICL"}
+TARGETS = ("T1", "T2")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/aicl")
+    parser.add_argument("--gap", required=True, help="domain_gap.json of examples/benchmark_domain_gap.py")
+    parser.add_argument("--dataset", type=int, default=970, help="ids DATASET, DATASET+1, ... per setting")
+    parser.add_argument("--pseudo", nargs="+", default=["reg", "sreg"], choices=["reg", "sreg"])
+    parser.add_argument("--n_source", type=int, default=16)
+    parser.add_argument("--n_target", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--iterations", type=int, default=25)
+    parser.add_argument("--val_iterations", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def initial_label_quality(raw: Path) -> dict:
+    """The training label files (manual and initial pseudo labels) against the truth, per domain."""
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    return evaluate_folder(raw / "labelsTr_reference", raw / "labelsTr", dataset_json)["mean"]
+
+
+def target_mean(means: dict, metric: str, organ: str = "average") -> float:
+    return float(np.mean([means[d][organ][metric] for d in TARGETS]))
+
+
+def tables(setting: str, rows: dict[str, dict], floor: float, ceiling: float) -> str:
+    organs = [o for o in next(iter(rows.values()))["T1"] if o != "average"]
+    head = ("| method | " + " | ".join(f"{d} Dice | {d} HD95" for d in TARGETS) + " | gap closed | "
+            + " | ".join(organs) + " |")
+    lines = [f"**{setting}** (target domains; per-organ Dice averaged over T1 and T2)", "", head,
+             "|" + "---|" * (2 + 2 * len(TARGETS) + len(organs))]
+    for name, means in rows.items():
+        dice = target_mean(means, "dice")
+        closed = (dice - floor) / (ceiling - floor) if ceiling > floor else float("nan")
+        cells = [f"{means[d]['average']['dice']:.3f} | {means[d]['average']['hd95']:.1f}" for d in TARGETS]
+        organ_cells = [f"{target_mean(means, 'dice', o):.3f}" for o in organs]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {closed:+.0%} | " + " | ".join(organ_cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    gap = json.loads(Path(args.gap).read_text())["results"]
+    floor_name, ceiling_name = "source only (floor)", "supervised on target (ceiling)"
+    floor, ceiling = target_mean(gap[floor_name], "dice"), target_mean(gap[ceiling_name], "dice")
+    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    results, text = {}, []
+    for offset, kind in enumerate(args.pseudo):
+        dataset_id = args.dataset + offset
+        flags = ("--partial_labels", "--pseudo_labels", kind)
+        raw = prepare_phantom(run, dataset_id, PhantomSettings(n_source=args.n_source, n_target=args.n_target,
+                                                               flags=flags))
+        rows = {floor_name: gap[floor_name], f"initial pseudo labels ({kind.upper()})": initial_label_quality(raw)}
+        for name, trainer in METHODS.items():
+            rows[name] = train_and_evaluate(run, work, raw, dataset_id, trainer)["mean"]
+        rows[ceiling_name] = gap[ceiling_name]
+        results[kind] = rows
+        text.append(tables(f"{kind.upper()} initial pseudo labels", rows, floor, ceiling))
+    settings = (f"phantom 24x24x24, partial labels, {args.n_source} CT + {args.n_target} per target training cases, "
+                f"5 test cases per domain; {args.epochs} epochs x {args.iterations} iterations, batch 2, ResEnc M "
+                f"3d_fullres, CPU")
+    report = settings + "\n\n" + "\n\n".join(text) + "\n"
+    (work / "aicl_benchmark.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+    (work / "aicl_benchmark.md").write_text(report)
+    print("\n" + report + "\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items()))
+
+
+if __name__ == "__main__":
+    main()
