@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_uda.evaluation.report import evaluate_folder
-from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom, train_and_evaluate
+from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom,
+                                 train_and_evaluate)
 
 METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL w/o l_fpc, l_csc": "nnUNetTrainerAICL_noFPC_noCSC",
@@ -43,11 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--gap", required=True, help="domain_gap.json of examples/benchmark_domain_gap.py")
     parser.add_argument("--dataset", type=int, default=970, help="ids DATASET, DATASET+1, ... per setting")
     parser.add_argument("--pseudo", nargs="+", default=["reg", "sreg"], choices=["reg", "sreg"])
-    parser.add_argument("--n_source", type=int, default=16)
-    parser.add_argument("--n_target", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--iterations", type=int, default=25)
-    parser.add_argument("--val_iterations", type=int, default=2)
+    add_run_arguments(parser, epochs=40, iterations=25)
     return parser.parse_args(argv)
 
 

@@ -94,7 +94,10 @@ def measure(loss: str, n: int, device: str, patch: int, repeats: int = 3) -> dic
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"loss": loss, "n": n, "seconds": statistics.median(times), "peak_mb": max(peak - base, 0) / 2 ** 20}
 
 

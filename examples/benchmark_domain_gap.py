@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, phantom_experiment
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, phantom_experiment
 
 EXPERIMENTS = {  # name: (dataset offset from --dataset, trainer, phantom flags)
     "source only (floor)": (0, "nnUNetTrainerSourceOnly", ()),
@@ -26,11 +26,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="benchmark_output/domain_gap")
     parser.add_argument("--dataset", type=int, default=960, help="ids DATASET and DATASET+1 are used")
-    parser.add_argument("--n_source", type=int, default=16)
-    parser.add_argument("--n_target", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--iterations", type=int, default=25)
-    parser.add_argument("--val_iterations", type=int, default=2)
+    add_run_arguments(parser, epochs=40, iterations=25)
     return parser.parse_args(argv)
 
 

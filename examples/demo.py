@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from nnunet_uda.evaluation.report import format_markdown
-from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, phantom_experiment
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, phantom_experiment
 
 
 def parse_args(argv=None):
@@ -26,9 +26,7 @@ def parse_args(argv=None):
     parser.add_argument("--work", default="demo_output", help="folder for nnU-Net's raw, preprocessed and results")
     parser.add_argument("--dataset", type=int, default=990)
     parser.add_argument("--trainer", default="nnUNetTrainerUDA")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--val_iterations", type=int, default=2)
+    add_run_arguments(parser, epochs=12, iterations=20, phantom_cases=False)
     return parser.parse_args(argv)
 
 

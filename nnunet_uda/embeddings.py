@@ -74,7 +74,8 @@ def collect_organ_embeddings(model_folder: Path, preprocessed_folder: Path, fold
                          f"domain-conditioned nnunet_uda trainer (e.g. nnUNetTrainerAICL)")
     table = DomainTable.from_dataset_json(dataset_json)
     stage = contrast_stage(configuration.network_arch_init_kwargs["strides"])
-    sampler = OrganPatchSampler(patch_size or pgps_patch_size(plans_manager.plans, Path(model_folder).name.split("__")[-1]))
+    configuration_name = Path(model_folder).name.split("__")[-1]
+    sampler = OrganPatchSampler(patch_size or pgps_patch_size(plans_manager.plans, configuration_name))
     folder = Path(preprocessed_folder) / configuration.data_identifier
     chosen = [c for d in table.domain_names for c in table.cases_of([d])[:cases_per_domain]]
     dataset = infer_dataset_class(str(folder))(str(folder), chosen)

@@ -1,15 +1,16 @@
 """Data-driven PGPS patch size (AICL section 3.2) from the organ extents of the training labels.
 
 "For each class, we compute the bounding-box extents of its ground-truth masks after downsampling
-to the latent feature resolution and summarize the extents across the training set using median
-and percentiles." Here: every preprocessed training case's hand-drawn classes (pseudo-labeled ones
-are left out), bounding boxes measured in preprocessed voxels and divided by the cumulative stride
-of the encoder stage used for contrast (:func:`contrast_stage`). The patch size ps is, per axis,
-the median over organs of each organ's median extent, rounded up to an odd size (ps = 2r + 1) and
+to the latent feature resolution and summarize the extents across the training set using median and
+percentiles." Here: every preprocessed training case's hand-drawn classes (pseudo-labeled ones are
+left out), bounding boxes measured in preprocessed voxels and divided by the cumulative stride of
+the encoder stage used for contrast (:func:`contrast_stage`). The patch size ps is, per axis, the
+median over organs of each organ's median extent, rounded up to an odd size (ps = 2r + 1) and
 capped by the feature map, so a cuboid centred on a typical organ reaches its boundary ("cover
-boundary regions for each organ while limiting background inclusion"); organ-adaptive sizes (the paper's suggested improvement) use each organ's own
-median extent. The statistics, the choice and a box plot (the paper's Fig. 6 A-C) are written by
-the planning command; the result lives in ``plans["uda"]["pgps"][configuration]``.
+boundary regions for each organ while limiting background inclusion"); organ-adaptive sizes (the
+paper's suggested improvement) use each organ's own median extent. The statistics, the choice and a
+box plot (the paper's Fig. 6 A-C) are written by the planning command; the result lives in
+``plans["uda"]["pgps"][configuration]``.
 """
 from __future__ import annotations
 

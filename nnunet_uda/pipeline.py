@@ -37,6 +37,16 @@ def nnunet_environment(work: Path, epochs: int | None = None, iterations: int | 
     return env
 
 
+def add_run_arguments(parser, epochs: int, iterations: int, phantom_cases: bool = True) -> None:
+    """The brief-run options of the examples (and the phantom's case counts)."""
+    if phantom_cases:
+        parser.add_argument("--n_source", type=int, default=16, help="CT training cases")
+        parser.add_argument("--n_target", type=int, default=16, help="training cases per target domain")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--iterations", type=int, default=iterations, help="training iterations per epoch")
+    parser.add_argument("--val_iterations", type=int, default=2)
+
+
 @dataclass
 class Runner:
     """Runs command lines in one environment, echoing them and timing each step."""

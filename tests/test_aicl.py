@@ -5,14 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_unet
+from conftest import tiny_unet, train_tiny_phantom
 
-from nnunet_uda.data.raw import dataset_folder_name
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
 from nnunet_uda.losses.structural_consistency import structural_consistency_loss
 from nnunet_uda.nn.network import DomainConditionedUNet
 from nnunet_uda.nn.organ_patches import OrganPatchSampler
-from nnunet_uda.pipeline import Runner, command, nnunet_environment, predict_test_sets
+from nnunet_uda.pipeline import command
 from nnunet_uda.planning import DEFAULT_PLANS
 from nnunet_uda.training.aicl import nnUNetTrainerAICL, nnUNetTrainerAICL_ColdStart, nnUNetTrainerAICL_noFPC_noCSC
 
@@ -66,21 +65,12 @@ TRAINER = "nnUNetTrainerAICL_ColdStart"
 @pytest.fixture(scope="module")
 def aicl_run(tmp_path_factory):
     """Partial labels with registration-like pseudo labels for the rest, as in AICL's setting."""
-    work = tmp_path_factory.mktemp("aicl")
-    run = Runner(nnunet_environment(work, epochs=1, iterations=3, val_iterations=1, processes=1), log=work / "log.txt")
-    d = str(DATASET)
-    run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, "--shape", "20", "20", "20", "--n_source", "4",
-        "--n_target", "2", "--n_test", "1", "--partial_labels", "--pseudo_labels", "reg")
-    run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1")
-    train = (command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", TRAINER, "-p", DEFAULT_PLANS, "-device", "cpu")
-    run("train", *train)
-    run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
-    raw = work / "nnUNet_raw" / dataset_folder_name(DATASET, "UDAPhantom")
-    predictions = predict_test_sets(run, raw, DATASET, TRAINER, work / "predictions", work)
-    preprocessed = work / "nnUNet_preprocessed" / dataset_folder_name(DATASET, "UDAPhantom")
-    results = work / "nnUNet_results" / dataset_folder_name(DATASET, "UDAPhantom") / \
-        f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
-    return dict(work=work, results=results, predictions=predictions, preprocessed=preprocessed)
+    paths = train_tiny_phantom(tmp_path_factory.mktemp("aicl"), DATASET, TRAINER, (
+        "--n_source", "4", "--n_target", "2", "--partial_labels", "--pseudo_labels", "reg"), iterations=3)
+    embeddings = paths["work"] / "embeddings.png"
+    paths["run"]("embeddings", command("nnUNetv2_uda_embeddings"), "-d", str(DATASET), "-tr", TRAINER, "-n", "2",
+                 "-o", str(embeddings))
+    return {**paths, "embeddings": embeddings}
 
 
 def test_planning_derives_pgps_patch_sizes(aicl_run):
@@ -102,6 +92,11 @@ def test_every_aicl_term_is_trained_logged_and_resumed(aicl_run):
     assert logged["lambda_fpc"][1] > logged["lambda_fpc"][0] > 0 and logged["lambda_supUL"][1] < 1
     assert (aicl_run["results"] / "progress.png").is_file()
     assert "Epoch 1" in (aicl_run["work"] / "log.txt").read_text().split("--c")[-1]
+    assert aicl_run["first"]["current_epoch"] == 1 and aicl_run["first"]["uda_state"]["counters"]["iterations"] == 3
+
+
+def test_embedding_plot(aicl_run):
+    assert aicl_run["embeddings"].is_file() and aicl_run["embeddings"].stat().st_size > 10_000
 
 
 def test_predictions_for_every_domain(aicl_run):

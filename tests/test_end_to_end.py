@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from nnunet_uda.data.raw import dataset_folder_name
-from nnunet_uda.pipeline import Runner, command, nnunet_environment, predict_test_sets
+from conftest import train_tiny_phantom
+
+from nnunet_uda.pipeline import command
 from nnunet_uda.planning import DEFAULT_PLANS
 
 DATASET = 951
@@ -18,23 +19,11 @@ TRAINER = "nnUNetTrainerUDA"
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    run = Runner(nnunet_environment(work, epochs=1, iterations=2, val_iterations=1, processes=1), log=work / "log.txt")
-    d = str(DATASET)
-    run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, "--shape", "20", "20", "20", "--n_source", "5",
-        "--n_target", "2", "--n_test", "1")
-    run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1")
-    train = (command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", TRAINER, "-p", DEFAULT_PLANS, "-device", "cpu")
-    run("train", *train)
-    results = work / "nnUNet_results" / dataset_folder_name(DATASET, "UDAPhantom") / \
-        f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
-    first = torch.load(results / "checkpoint_final.pth", weights_only=False)
-    run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
-    raw = work / "nnUNet_raw" / dataset_folder_name(DATASET, "UDAPhantom")
-    predictions = predict_test_sets(run, raw, DATASET, TRAINER, work / "predictions", work)
-    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(predictions),
-        "-d", d, "-o", str(work / "evaluation"))
-    return dict(work=work, results=results, first=first, raw=raw)
+    paths = train_tiny_phantom(tmp_path_factory.mktemp("e2e"), DATASET, TRAINER, ("--n_source", "5", "--n_target", "2"))
+    evaluation = paths["work"] / "evaluation"
+    paths["run"]("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(paths["raw"] / "labelsTs"),
+                 "-pred", str(paths["predictions"]), "-d", str(DATASET), "-o", str(evaluation))
+    return paths
 
 
 def test_training_writes_domain_aware_checkpoint(workflow):
@@ -75,7 +64,7 @@ def test_batches_mix_target_and_source_cases_in_order(workflow):
     from nnunet_uda.data.loader import MixedBatchDataLoader
     from nnunet_uda.domains import DomainTable
 
-    preprocessed = workflow["work"] / "nnUNet_preprocessed" / dataset_folder_name(DATASET, "UDAPhantom")
+    preprocessed = workflow["preprocessed"]
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     table = DomainTable.from_dataset_json(dataset_json)
     plans = PlansManager(str(preprocessed / f"{DEFAULT_PLANS}.json"))
@@ -94,7 +83,7 @@ def test_batches_mix_target_and_source_cases_in_order(workflow):
 
 
 def test_planning_writes_domains_normalisation_and_folds(workflow):
-    preprocessed = workflow["work"] / "nnUNet_preprocessed" / dataset_folder_name(DATASET, "UDAPhantom")
+    preprocessed = workflow["preprocessed"]
     plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
     assert plans["uda"] == {"domains": ["CT", "T1", "T2"], "modalities": {"CT": "CT", "T1": "MR", "T2": "MR"},
                             "target": ["T1", "T2"], "inference_domain": "T1"}

@@ -173,7 +173,8 @@ def test_partial_labels_with_initial_pseudo_labels(tmp_path):
             continue
         manual = uda.ground_truth_labels(case)
         assert uda.cases[case].labels == "ground_truth" and uda.cases[case].round == 0
-        assert set(manual) | set(uda.pseudo_labeled(case)) == set(ORGANS) and not set(manual) & set(uda.pseudo_labeled(case))
+        pseudo = set(uda.pseudo_labeled(case))
+        assert set(manual) | pseudo == set(ORGANS) and not set(manual) & pseudo
         for organ in manual:  # hand-drawn classes are exact
             assert np.array_equal(label == LABELS[organ], reference == LABELS[organ]), (name, organ)
         for organ in uda.pseudo_labeled(case):  # the others are present but perturbed

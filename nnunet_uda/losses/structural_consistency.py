@@ -5,14 +5,14 @@
 Y^k_m is the image-scale soft prediction (softmax probability map) of organ k for an input of
 modality m and phi the cosine similarity of two maps, so for every organ the same organ's map in
 the other modality is the positive and the other organs' maps are the negatives. The expectation
-runs over every ordered pair of samples of different domains in the batch (both directions, as
-the fraction normalises over the second sample's organs). The paper's orbital and cardiac inputs
-are registered pairs; nnU-Net batches pair patches of different cases, whose organ layouts agree
-only roughly, so the loss asks organ maps to overlap their counterpart more than any other organ.
-Organs k and j range over the organs predicted (argmax) in the samples (k in both, j in the
-second): an organ a sample does not show is no anatomical structure to contrast. A pair without a
-shared organ, or a batch of one domain, contributes nothing. Probability maps are non-negative, so phi lies in [0, 1]; ``eps``
-keeps the logarithm finite where a map vanishes.
+runs over every ordered pair of samples of different domains in the batch (both directions, as the
+fraction normalises over the second sample's organs). The paper's orbital and cardiac inputs are
+registered pairs; nnU-Net batches pair patches of different cases, whose organ layouts agree only
+roughly, so the loss asks organ maps to overlap their counterpart more than any other organ. Organs
+k and j range over the organs predicted (argmax) in the samples (k in both, j in the second): an
+organ a sample does not show is no anatomical structure to contrast. A pair without a shared organ,
+or a batch of one domain, contributes nothing. Probability maps are non-negative, so phi lies in
+[0, 1]; ``eps`` keeps the logarithm finite where a map vanishes.
 """
 from __future__ import annotations
 
