@@ -85,8 +85,10 @@ def test_batches_mix_target_and_source_cases_in_order(workflow):
 def test_planning_writes_domains_normalisation_and_folds(workflow):
     preprocessed = workflow["preprocessed"]
     plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
-    assert plans["uda"] == {"domains": ["CT", "T1", "T2"], "modalities": {"CT": "CT", "T1": "MR", "T2": "MR"},
-                            "target": ["T1", "T2"], "inference_domain": "T1"}
+    block = dict(plans["uda"])
+    assert set(block.pop("pgps")) == {"3d_fullres"}  # AICL's planned patch sizes (tests/test_aicl.py)
+    assert block == {"domains": ["CT", "T1", "T2"], "modalities": {"CT": "CT", "T1": "MR", "T2": "MR"},
+                     "target": ["T1", "T2"], "inference_domain": "T1"}
     config = plans["configurations"]["3d_fullres"]
     assert config["normalization_schemes"] == ["ZScoreNormalization"] and config["use_mask_for_norm"] == [False]
     assert config["data_identifier"] == f"{DEFAULT_PLANS}_3d_fullres" and config["batch_size"] == 2
