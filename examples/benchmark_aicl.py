@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--gap", required=True, help="domain_gap.json of examples/benchmark_domain_gap.py")
     parser.add_argument("--dataset", type=int, default=970, help="ids DATASET, DATASET+1, ... per setting")
     parser.add_argument("--pseudo", nargs="+", default=["reg", "sreg"], choices=["reg", "sreg"])
-    add_run_arguments(parser, epochs=40, iterations=25)
+    add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
 

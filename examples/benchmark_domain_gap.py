@@ -6,7 +6,7 @@ first; the ceiling is ``nnUNetTrainerUDA`` on the twin, i.e. supervised on every
 conditional norms. Both predict every domain's test set; the script prints Dice and HD95 per
 domain for both and the gap, and writes ``domain_gap.json`` and ``domain_gap.md``.
 
-    python examples/benchmark_domain_gap.py --work benchmark_output/gap --epochs 40 --iterations 25
+    python examples/benchmark_domain_gap.py --work benchmark_output/gap --epochs 80 --iterations 25
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="benchmark_output/domain_gap")
     parser.add_argument("--dataset", type=int, default=960, help="ids DATASET and DATASET+1 are used")
-    add_run_arguments(parser, epochs=40, iterations=25)
+    add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
 
