@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.patch_contrast import info_nce_terms, patch_contrastive_loss
+
 CHANNELS, ORGANS, BATCH, TEMPERATURE = 128, 6, 2, 0.07
 
 
@@ -44,15 +46,11 @@ def parse_args(argv=None):
 
 
 def dense_voxel_infonce(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Supervised InfoNCE over every voxel: the dense comparator of section 2.2.1."""
-    z = F.normalize(features.flatten(2).transpose(1, 2).flatten(0, 1), dim=1)  # (B * V, C)
-    y = labels.flatten()
-    logits = z @ z.T / temperature
-    positive = (y[:, None] == y[None, :]).fill_diagonal_(False)
-    negatives = torch.logsumexp(logits.masked_fill(positive | torch.eye(len(y), dtype=torch.bool, device=y.device),
-                                                   -1e4), 1, keepdim=True)
-    terms = torch.logaddexp(logits, negatives) - logits
-    return ((terms * positive).sum(1) / positive.sum(1).clamp_min(1)).mean()
+    """Supervised InfoNCE over every voxel (l_fpc's contrast with each voxel an anchor and a group of
+    its own): the dense comparator of section 2.2.1."""
+    z = features.flatten(2).transpose(1, 2).flatten(0, 1)  # (B * V, C)
+    per_anchor, _ = info_nce_terms(z, labels.flatten(), torch.arange(len(z), device=z.device), temperature)
+    return per_anchor.mean()
 
 
 def inputs(n: int, device: str):
@@ -64,7 +62,6 @@ def inputs(n: int, device: str):
 
 
 def measure(loss: str, n: int, device: str, patch: int, repeats: int = 3) -> dict:
-    from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
     from nnunet_uda.nn.organ_patches import OrganPatchSampler
 
     features, labels = inputs(n, device)

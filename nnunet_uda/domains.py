@@ -210,7 +210,7 @@ class DomainTable:
 
     def annotated_classes(self, case: str) -> list[int]:
         """Label values labeled in ``case`` (foreground only, either source)."""
-        return [self.label_names[n] for n in self.annotated_labels(case)]
+        return self.classes_of(self.annotated_labels(case))
 
     def classes_of(self, names: Iterable[str]) -> list[int]:
         """Label values of label names."""

@@ -101,12 +101,12 @@ def pgps_statistics(preprocessed_folder: Path, plans: Mapping, configuration: st
     folder = Path(preprocessed_folder) / config["data_identifier"]
     cases = [c for c in table.cases if table.ground_truth_labels(c)]
     dataset = infer_dataset_class(str(folder))(str(folder), cases)
+    names = {value: name for name, value in table.label_names.items()}
     extents: dict[str, list] = {name: [] for name in table.label_names}
     for case in tqdm(cases, desc=f"organ extents ({configuration})", disable=not progress):
         seg = dataset.load_case(case)[1][0]
-        names = table.ground_truth_labels(case)
-        for cls, extent in bounding_box_extents(seg, table.classes_of(names)).items():
-            extents[next(n for n in names if table.label_names[n] == cls)].append(extent / stride)
+        for cls, extent in bounding_box_extents(seg, table.classes_of(table.ground_truth_labels(case))).items():
+            extents[names[cls]].append(extent / stride)
     summary = summarize({k: np.array(v) for k, v in extents.items()})
     common, per_organ = choose_patch_sizes(summary, feature_shape)
     return {"stage": stage, "stride": stride.tolist(), "feature_shape": feature_shape, "extents": summary,

@@ -23,21 +23,28 @@ import torch.nn.functional as F
 MASKED = -1e4
 
 
+def info_nce_terms(embeddings: torch.Tensor, classes: torch.Tensor, groups: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per anchor, the mean over its positives of -log[e^{s+/tau} / (e^{s+/tau} + sum_neg e^{s/tau})].
+
+    ``embeddings`` (N, D), compared by cosine similarity; positives share the anchor's class and come
+    from another group, negatives have another class. Returns the terms (N,) and whether each anchor
+    has a positive (N,); an anchor without negatives gets 0.
+    """
+    z = F.normalize(embeddings.float(), dim=1)
+    logits = z @ z.T / temperature
+    same_class = classes[:, None] == classes[None, :]
+    positive = same_class & (groups[:, None] != groups[None, :])
+    negatives = torch.logsumexp(logits.masked_fill(same_class, MASKED), 1, keepdim=True)
+    terms = torch.logaddexp(logits, negatives) - logits  # -log of eq. 4's fraction, per (anchor, positive)
+    return (terms * positive).sum(1) / positive.sum(1).clamp_min(1), positive.any(1)
+
+
 def patch_contrastive_loss(embeddings: torch.Tensor, present: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """l_fpc (eq. 4). ``embeddings`` (B, K, D) organ patches, ``present`` (B, K) bool."""
     b, k = present.shape
-    z = F.normalize(embeddings.float().flatten(0, 1), dim=1)
-    logits = z @ z.T / temperature  # (N, N), N = B * K
-    organ = torch.arange(k, device=z.device).repeat(b)
-    sample = torch.arange(b, device=z.device).repeat_interleave(k)
-    valid = present.flatten()
-    both = valid[:, None] & valid[None, :]
-    positive = both & (organ[:, None] == organ[None, :]) & (sample[:, None] != sample[None, :])
-    negative = both & (organ[:, None] != organ[None, :])
-    negatives = torch.logsumexp(logits.masked_fill(~negative, MASKED), 1, keepdim=True)
-    terms = torch.logaddexp(logits, negatives) - logits  # -log of eq. 4's fraction, per (anchor, positive)
-    per_anchor = (terms * positive).sum(1) / positive.sum(1).clamp_min(1)
-    contributing = positive.any(1).view(b, k)
-    if not contributing.any():
+    sample, organ = torch.nonzero(present, as_tuple=True)
+    per_anchor, has_positive = info_nce_terms(embeddings[sample, organ], organ, sample, temperature)
+    if not has_positive.any():
         return embeddings.sum() * 0.0
-    return (per_anchor.view(b, k) * contributing).sum() / contributing.any(1).sum()
+    return (per_anchor * has_positive).sum() / sample[has_positive].unique().numel()

@@ -113,7 +113,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
         logits = output.logits if isinstance(output.logits, list) else [output.logits]
         losses = {"sup": self.supervised_loss(logits, target, self.batch_annotations(keys, "ground_truth")),
                   "supUL": self.supervised_loss(logits, target, self.batch_annotations(keys, "pseudo"))}
-        probs = torch.softmax(logits[0].float(), 1)
+        if weights["csc"] > 0 or weights["fpc"] > 0:  # past the warm-up
+            probs = torch.softmax(logits[0].float(), 1)
         if weights["csc"] > 0:
             losses["csc"] = structural_consistency_loss(probs, domains, predicted_classes(probs.detach()))
         if weights["fpc"] > 0:
