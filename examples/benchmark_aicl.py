@@ -16,7 +16,8 @@ domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchma
 first with the same ``--epochs``, ``--iterations`` and case counts): the phantom's images do not
 depend on its label options, so the floor's and ceiling's test sets and training images are these.
 Each method's share of the floor-to-ceiling gap closed is (Dice - floor) / (ceiling - floor), on
-the target domains. Finished trainings are reused, so an interrupted run resumes.
+the target domains. The gap file is read once the trainings are done, so both benchmarks can run at
+the same time. Finished trainings are reused, so an interrupted run resumes.
 
     python examples/benchmark_aicl.py --work benchmark_output/aicl --gap benchmark_output/domain_gap/domain_gap.json
 """
@@ -77,22 +78,27 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    gap = json.loads(Path(args.gap).read_text())["results"]
-    floor_name, ceiling_name = "source only (floor)", "supervised on target (ceiling)"
-    floor, ceiling = target_mean(gap[floor_name], "dice"), target_mean(gap[ceiling_name], "dice")
     run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
-    results, text = {}, []
+    measured = {}
     for offset, kind in enumerate(args.pseudo):
         dataset_id = args.dataset + offset
         flags = ("--partial_labels", "--pseudo_labels", kind)
         raw = prepare_phantom(run, dataset_id, PhantomSettings(n_source=args.n_source, n_target=args.n_target,
                                                                flags=flags))
-        rows = {floor_name: gap[floor_name], f"initial pseudo labels ({kind.upper()})": initial_label_quality(raw)}
+        rows = {f"initial pseudo labels ({kind.upper()})": initial_label_quality(raw)}
         for name, trainer in METHODS.items():
             rows[name] = train_and_evaluate(run, work, raw, dataset_id, trainer)["mean"]
-        rows[ceiling_name] = gap[ceiling_name]
-        results[kind] = rows
-        text.append(tables(f"{kind.upper()} initial pseudo labels", rows, floor, ceiling))
+        measured[kind] = rows
+    gap_file = Path(args.gap)
+    if not gap_file.is_file():
+        raise SystemExit(f"{gap_file} not found: run examples/benchmark_domain_gap.py with the same --epochs, "
+                         f"--iterations and case counts, then this command again (finished trainings are reused)")
+    gap = json.loads(gap_file.read_text())["results"]
+    floor_name, ceiling_name = "source only (floor)", "supervised on target (ceiling)"
+    floor, ceiling = target_mean(gap[floor_name], "dice"), target_mean(gap[ceiling_name], "dice")
+    results = {kind: {floor_name: gap[floor_name], **rows, ceiling_name: gap[ceiling_name]}
+               for kind, rows in measured.items()}
+    text = [tables(f"{kind.upper()} initial pseudo labels", rows, floor, ceiling) for kind, rows in results.items()]
     settings = (f"phantom 24x24x24, partial labels, {args.n_source} CT + {args.n_target} per target training cases, "
                 f"5 test cases per domain; {args.epochs} epochs x {args.iterations} iterations, batch 2, ResEnc M "
                 f"3d_fullres, CPU")

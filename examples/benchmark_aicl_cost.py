@@ -119,7 +119,7 @@ def loss_costs(args) -> list[dict]:
 def iteration_costs(args, work: Path) -> dict:
     from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom
 
-    env = nnunet_environment(work, processes=0)
+    env = nnunet_environment(work, processes=1)  # nnU-Net's planner fails with 0 (set_num_threads(0))
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
                                            "nnUNet_n_proc_DA", "nnUNet_compile")})
     dataset_id = 980

@@ -98,7 +98,7 @@ def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: s
 
     Predictions of all domains are gathered in ``output``.
     """
-    inputs = Path(work) / "test_inputs"
+    inputs = Path(work) / f"test_inputs_{dataset_id}"
     shutil.rmtree(inputs, ignore_errors=True)
     output = Path(output)
     for domain, folder in split_test_set_by_domain(raw_folder, inputs).items():
@@ -141,20 +141,23 @@ def prepare_phantom(run: Runner, dataset_id: int, phantom: PhantomSettings, fold
 def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str) -> dict:
     """``nnUNetv2_train`` (fold 0), prediction of every domain's test set and evaluation, each
     through its command line; returns the evaluation summary. A finished training
-    (``checkpoint_final.pth``) is not repeated, so an interrupted benchmark resumes."""
+    (``checkpoint_final.pth``) is not repeated, nor an evaluation newer than it, so an interrupted
+    benchmark resumes."""
     d = str(dataset_id)
     results = Path(run.env["nnUNet_results"]) / raw.name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
-    if not (results / "checkpoint_final.pth").is_file():
+    final = results / "checkpoint_final.pth"
+    tag = f"{dataset_id}_{trainer}"
+    summary = Path(work) / f"evaluation_{tag}" / "summary.json"
+    if final.is_file() and summary.is_file() and summary.stat().st_mtime > final.stat().st_mtime:
+        return json.loads(summary.read_text())
+    if not final.is_file():
         resume = ("--c",) if (results / "checkpoint_latest.pth").is_file() else ()
         run("train", command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-p", DEFAULT_PLANS,
             "-device", "cpu", *resume)
-    tag = f"{dataset_id}_{trainer}"
     predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{tag}", work)
-    evaluation = Path(work) / f"evaluation_{tag}"
-    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(predictions),
-        "-d", d, "-o", str(evaluation))
-    with open(evaluation / "summary.json") as f:
-        return json.load(f)
+    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"),
+        "-pred", str(predictions), "-d", d, "-o", str(summary.parent))
+    return json.loads(summary.read_text())
 
 
 def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,

@@ -5,6 +5,7 @@ phantom -> nnUNetv2_uda_plan_and_preprocess -> nnUNetv2_train -tr nnUNetTrainerU
 """
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,41 @@ def test_batches_mix_target_and_source_cases_in_order(workflow):
         MixedBatchDataLoader(data, 4, patch, patch, plans.get_label_manager(dataset_json), [(target, 1), (source, 1)])
     with pytest.raises(ValueError, match="has no cases"):
         MixedBatchDataLoader(data, 2, patch, patch, plans.get_label_manager(dataset_json), [([], 1), (source, 1)])
+
+
+def test_batch_mirroring_flips_every_sample_and_target_alike(workflow):
+    """Same seed, same crops: the batch-mirrored batch is the plain one flipped along one common
+    set of axes, images and targets alike; over several batches both orientations occur."""
+    import itertools
+
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_uda.data.loader import MixedBatchDataLoader
+    from nnunet_uda.domains import DomainTable
+
+    preprocessed = workflow["preprocessed"]
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    table = DomainTable.from_dataset_json(dataset_json)
+    plans = PlansManager(str(preprocessed / f"{DEFAULT_PLANS}.json"))
+    data = nnUNetDatasetBlosc2(str(preprocessed / f"{DEFAULT_PLANS}_3d_fullres"))
+    patch = plans.get_configuration("3d_fullres").patch_size
+    pools = [(table.cases_of(table.target), 2), (table.cases_of(table.source), 2)]
+    plain, mirrored = (MixedBatchDataLoader(data, 4, patch, patch, plans.get_label_manager(dataset_json), pools,
+                                            batch_mirror_axes=axes) for axes in (None, (0, 1, 2)))
+    flips = []
+    for seed in range(40):  # P(no unflipped batch among 40) = (7/8)^40 < 0.5%
+        np.random.seed(seed)
+        a = plain.generate_train_batch()
+        np.random.seed(seed)
+        b = mirrored.generate_train_batch()
+        assert a["keys"] == b["keys"]
+        plain_arrays, mirrored_arrays = ([np.asarray(batch[k]) for k in ("data", "target")] for batch in (a, b))
+        common = [dims for r in range(4) for dims in itertools.combinations((2, 3, 4), r)
+                  if all(np.array_equal(m, np.flip(p, dims)) for m, p in zip(mirrored_arrays, plain_arrays))]
+        assert common, f"seed {seed}: the samples were not mirrored alike"
+        flips.append(common[0])
+    assert () in flips and any(len(dims) for dims in flips), flips
 
 
 def test_planning_writes_domains_normalisation_and_folds(workflow):

@@ -71,6 +71,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
     use_conditional_norm: bool = True
     #: focal exponent of the supervised loss (0: cross-entropy, as nnU-Net)
     focal_gamma: float = 0.0
+    #: mirror each training batch as a whole (one draw per batch) instead of per sample, for losses
+    #: that compare the spatial maps of different samples (:class:`MixedBatchDataLoader`)
+    batch_mirroring: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -202,14 +205,15 @@ class nnUNetTrainerUDA(nnUNetTrainer):
                       regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
                       ignore_label=self.label_manager.ignore_label)
         tr_transforms = self.get_training_transforms(
-            patch_size, rotation, scales, mirror_axes, dummy_2d,
+            patch_size, rotation, scales, None if self.batch_mirroring else mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded, **labels)
         val_transforms = self.get_validation_transforms(scales, is_cascaded=self.is_cascaded, **labels)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         common = dict(oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling)
         dl_tr = MixedBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, self.label_manager,
-                                     self.batch_pools(dataset_tr.identifiers), transforms=tr_transforms, **common)
+                                     self.batch_pools(dataset_tr.identifiers), transforms=tr_transforms,
+                                     batch_mirror_axes=mirror_axes if self.batch_mirroring else None, **common)
         dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
                                   transforms=val_transforms, **common)
         processes = get_allowed_n_proc_DA()
