@@ -372,8 +372,9 @@ def _kept_components(mask: np.ndarray, rules: OrganRules, voxel_mm3: float, stru
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     keep = np.ones(count + 1, dtype=bool)
     keep[0] = False
-    # compared in mm^3 so that thresholds such as 1 ml are exact for integer voxel volumes
-    keep &= sizes * voxel_mm3 >= rules.min_volume_ml * 1000.0
+    # in mm^3, with a relative slack of 1e-9 so that a component of exactly the threshold volume is kept
+    # whatever the rounding of the spacing product (0.054 ml * 1000 is 54.00000000000001 in floating point)
+    keep &= sizes * voxel_mm3 >= rules.min_volume_ml * 1000.0 * (1.0 - 1e-9)
     if rules.largest_component and keep.any():
         largest = int(np.argmax(np.where(keep, sizes, -1)))  # argmax: the first (lowest-numbered) of ties
         keep[:] = False

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import predicted_classes, structural_consistency_loss
+from nnunet_uda.losses.structural_consistency import (contrast_classes, predicted_classes,
+                                                       structural_consistency_loss)
 
 
 def cosine(a, b):
@@ -132,3 +133,33 @@ def test_predicted_classes():
     probs[0, 2, 0, 0, 0] = 5
     probs[1, 3, 1, 1, 1] = 5
     assert predicted_classes(probs).tolist() == [[False, True, False], [False, False, True]]
+
+
+def test_contrast_classes_come_from_labels_where_annotated():
+    """Labeled classes count when the label map shows them, whatever the prediction; a class
+    without a label counts when predicted; the ignore label (4 here) is no class."""
+    probs = torch.zeros(2, 4, 2, 2, 2)
+    probs[:, 0] = 1
+    probs[:, 3, 0, 0, 0] = 5  # both samples predict class 3 somewhere
+    labels = torch.zeros(2, 1, 2, 2, 2, dtype=torch.int16)
+    labels[0, 0, 1, 1, 1] = 1
+    labels[1] = 4  # sample 1 is entirely unlabeled
+    labels[1, 0, 0, 0, 1] = 2
+    annotated = torch.tensor([[True, True, True, True], [True, False, True, False]])
+    assert contrast_classes(labels, annotated, probs).tolist() == [[True, False, False], [False, True, True]]
+
+
+def test_collapsing_predictions_do_not_lower_csc_with_label_presence():
+    """Predicting one organ only gives l_csc = 0 if the organ set came from the prediction; with the
+    labels' organs the collapsed prediction costs more than a correct one."""
+    labels = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
+    labels[:, 0, :2, :2, :2], labels[:, 0, 2:, 2:, 2:] = 1, 2
+    truth = torch.softmax(8 * F.one_hot(labels[:, 0], 3).permute(0, 4, 1, 2, 3).float(), 1)
+    collapsed_logits = torch.zeros_like(truth)
+    collapsed_logits[:, 1], collapsed_logits[:, 2] = 8, -8  # organ 1 everywhere, organ 2 nowhere
+    collapsed = torch.softmax(collapsed_logits, 1)
+    domains, annotated = torch.tensor([0, 1]), torch.ones(2, 3, dtype=torch.bool)
+    assert structural_consistency_loss(collapsed, domains, predicted_classes(collapsed)).item() == 0.0
+    with_labels = [structural_consistency_loss(p, domains, contrast_classes(labels, annotated, p)).item()
+                   for p in (truth, collapsed)]
+    assert with_labels[0] < with_labels[1]

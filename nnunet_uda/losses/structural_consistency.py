@@ -9,9 +9,13 @@ runs over every ordered pair of samples of different domains in the batch (both 
 fraction normalises over the second sample's organs). The paper's orbital and cardiac inputs are
 registered pairs; nnU-Net batches pair patches of different cases, whose organ layouts agree only
 roughly, so the loss asks organ maps to overlap their counterpart more than any other organ. Organs
-k and j range over the organs predicted (argmax) in the samples (k in both, j in the second): an
-organ a sample does not show is no anatomical structure to contrast. A pair without a shared organ,
-or a batch of one domain, contributes nothing. Probability maps are non-negative, so phi lies in
+k and j range over the organs each sample shows (k in both, j in the second): an organ outside a
+patch is no anatomical structure to contrast. Which organs a sample shows comes from its labels,
+hand-drawn or pseudo (:func:`contrast_classes`), and from the prediction only for classes it has no
+label for. Taken from the prediction alone, the set would let the network lower l_csc by
+predicting fewer organs (one organ per sample gives l_csc = 0): trained so on the phantom, the
+network dropped organs and l_sup rose fivefold. A pair without a shared organ, or a batch of one
+domain, contributes nothing. Probability maps are non-negative, so phi lies in
 [0, 1]; ``eps`` keeps the logarithm finite where a map vanishes.
 """
 from __future__ import annotations
@@ -27,10 +31,22 @@ def predicted_classes(probs: torch.Tensor) -> torch.Tensor:
     return present[:, 1:]
 
 
+def contrast_classes(labels: torch.Tensor, annotated: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """(B, C - 1) bool: the foreground classes each sample shows. ``labels`` (B, 1, *s) label map
+    (values 0..C-1, anything else such as nnU-Net's ignore label is skipped); ``annotated``
+    (B, C) bool classes labeled in each sample (either source); a class without a label is
+    taken from the prediction ``probs`` (B, C, *s) (:func:`predicted_classes`)."""
+    b, c = annotated.shape
+    values = labels.reshape(b, -1).long()
+    values = torch.where((values >= 0) & (values < c), values, torch.zeros_like(values))  # unlabeled voxels
+    shown = torch.zeros((b, c), dtype=torch.bool, device=labels.device).scatter_(1, values, True)[:, 1:]
+    return torch.where(annotated[:, 1:], shown, predicted_classes(probs))
+
+
 def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
                                 eps: float = 1e-6) -> torch.Tensor:
     """l_csc (eq. 5). ``probs`` (B, K + 1, *s) softmax with background first; ``domains`` (B,)
-    domain indices; ``present`` (B, K) bool organs to contrast (e.g. :func:`predicted_classes`)."""
+    domain indices; ``present`` (B, K) bool organs to contrast (:func:`contrast_classes`)."""
     maps = F.normalize(probs[:, 1:].float().flatten(2), dim=2)  # (B, K, V)
     b, k = present.shape
     phi = (maps.flatten(0, 1) @ maps.flatten(0, 1).T).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)

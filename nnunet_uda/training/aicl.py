@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import predicted_classes, structural_consistency_loss
+from nnunet_uda.losses.structural_consistency import contrast_classes, structural_consistency_loss
 from nnunet_uda.nn.organ_patches import OrganPatchSampler
 from nnunet_uda.organ_extents import contrast_stage, pgps_patch_size, planned_pgps
 from nnunet_uda.planning import PLANS_KEY
@@ -123,7 +123,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
         if weights["csc"] > 0 or weights["fpc"] > 0:  # past the warm-up
             probs = torch.softmax(logits[0].float(), 1)
         if weights["csc"] > 0:
-            losses["csc"] = structural_consistency_loss(probs, domains, predicted_classes(probs.detach()))
+            shown = contrast_classes(target[0], self.batch_annotations(keys), probs.detach())
+            losses["csc"] = structural_consistency_loss(probs, domains, shown)
         if weights["fpc"] > 0:
             patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
             losses["fpc"] = patch_contrastive_loss(patches.embeddings, patches.present, self.temperature)
