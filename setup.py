@@ -34,6 +34,8 @@ setup(
             "nnUNetv2_uda_plan_and_preprocess=nnunet_uda.cli.plan:main",
             "nnUNetv2_uda_evaluate=nnunet_uda.cli.evaluate:main",
             "nnUNetv2_uda_embeddings=nnunet_uda.cli.embeddings:main",
+            "nnUNetv2_uda_postprocess=nnunet_uda.cli.postprocess:main",
+            "nnUNetv2_uda_pseudolabel=nnunet_uda.cli.pseudolabel:main",
         ]
     },
 )

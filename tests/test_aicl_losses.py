@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import (contrast_classes, predicted_classes,
+from nnunet_uda.losses.structural_consistency import (contrast_classes, fixed_maps, predicted_classes,
                                                        structural_consistency_loss)
 
 
@@ -163,3 +163,13 @@ def test_collapsing_predictions_do_not_lower_csc_with_label_presence():
     with_labels = [structural_consistency_loss(p, domains, contrast_classes(labels, annotated, p)).item()
                    for p in (truth, collapsed)]
     assert with_labels[0] < with_labels[1]
+
+
+def test_fixed_maps_keep_csc_gradients_off_the_fixed_samples():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 4, 4, 4, requires_grad=True)
+    probs = torch.softmax(logits, 1)
+    maps = fixed_maps(probs, torch.tensor([True, False, False]))
+    assert torch.equal(maps, probs)
+    structural_consistency_loss(maps, torch.tensor([0, 1, 2]), torch.ones(3, 3, dtype=torch.bool)).backward()
+    assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0 and logits.grad[2].abs().sum() > 0

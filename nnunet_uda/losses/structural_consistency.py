@@ -43,6 +43,12 @@ def contrast_classes(labels: torch.Tensor, annotated: torch.Tensor, probs: torch
     return torch.where(annotated[:, 1:], shown, predicted_classes(probs))
 
 
+def fixed_maps(probs: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """``probs`` with the samples where ``fixed`` (B,) is true detached: l_csc then moves only the
+    other samples' maps towards theirs."""
+    return torch.where(fixed.view(-1, *[1] * (probs.dim() - 1)), probs.detach(), probs)
+
+
 def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
                                 eps: float = 1e-6) -> torch.Tensor:
     """l_csc (eq. 5). ``probs`` (B, K + 1, *s) softmax with background first; ``domains`` (B,)

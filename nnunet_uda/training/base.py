@@ -146,6 +146,11 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         """(B,) domain index of each case of a batch."""
         return torch.tensor([self._case_domain[k] for k in keys], device=self.device)
 
+    def batch_is_source(self, domains: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: which samples (domain indices ``domains``) are of a source domain."""
+        source = [self.domain_table.domain_index(d) for d in self.domain_table.source]
+        return torch.isin(domains, torch.tensor(source, device=domains.device))
+
     def batch_annotations(self, keys, source: str = "any") -> torch.Tensor:
         """(B, C) bool: which output channels are labeled in each case (background always), by
         ``source``: ``any``, ``ground_truth`` (drawn by hand) or ``pseudo``."""
