@@ -51,9 +51,10 @@ def test_min_volume_uses_the_anisotropic_spacing():
 
 def test_min_volume_keeps_a_component_of_exactly_the_threshold():
     labels = two_blobs()
-    rules = {1: OrganRules(min_volume_ml=0.054)}  # the large blob: 27 voxels of 2 mm^3
-    np.testing.assert_array_equal(apply_rules(labels, (0.5, 1.0, 4.0), rules), without_small_blob(labels))
-    np.testing.assert_array_equal(apply_rules(labels, (0.5, 1.0, 4.0), {1: OrganRules(min_volume_ml=0.0)}), labels)
+    # the large blob: 27 voxels of 1.05 mm^3, 0.02835 ml; in floating point 27 * 1.05 < 0.02835 * 1000
+    spacing, rules = (0.5, 0.7, 3.0), {1: OrganRules(min_volume_ml=0.02835)}
+    np.testing.assert_array_equal(apply_rules(labels, spacing, rules), without_small_blob(labels))
+    np.testing.assert_array_equal(apply_rules(labels, spacing, {1: OrganRules(min_volume_ml=0.0)}), labels)
 
 
 def test_largest_component_keeps_the_large_blob_and_other_organs():
