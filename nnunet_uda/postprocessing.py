@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import re
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -54,9 +52,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from tqdm import tqdm
 
 from nnunet_uda.data.raw import atomic_folder
+from nnunet_uda.parallel import map_cases
 
 RULE_KEYS = ("min_volume_ml", "largest_component", "fill_holes")
 CONFIG_KEYS = ("labels", "default", "connectivity", "label_names")
@@ -427,7 +425,7 @@ def postprocess_folder(input_folder: str | os.PathLike, output_folder: str | os.
         raise PostprocessingError(f"the number of processes must be at least 1, got {num_processes}")
     with atomic_folder(output_folder, overwrite=True) as tmp:
         jobs = [(str(input_folder / name), str(tmp / name), config) for name in files]
-        changed = _run(jobs, num_processes)
+        changed = map_cases(_postprocess_file, jobs, num_processes, "post-processing")
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
     return dict(zip(files, changed))
 
@@ -468,12 +466,3 @@ def _postprocess_file(job: tuple) -> int:
     sitk.WriteImage(result, destination, useCompression=True)
     return int(np.count_nonzero(sitk.GetArrayViewFromImage(result) != sitk.GetArrayViewFromImage(image)))
 
-
-def _run(jobs: list[tuple], num_processes: int) -> list[int]:
-    """Results of :func:`_postprocess_file` in job order, with a progress bar."""
-    progress = dict(total=len(jobs), desc="post-processing", unit="case")
-    if num_processes <= 1 or len(jobs) == 1:
-        return [_postprocess_file(job) for job in tqdm(jobs, **progress)]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=context) as pool:
-        return list(tqdm(pool.map(_postprocess_file, jobs), **progress))

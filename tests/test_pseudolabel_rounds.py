@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.pseudolabels.consistency import class_consistency
+from nnunet_uda.pseudolabels.figures import plot_examples, plot_scores
 from nnunet_uda.pseudolabels.fold_predictions import fold_folder, shard
 from nnunet_uda.pseudolabels.rounds import RoundInputs, report_json, run_selection, write_round_dataset
 from nnunet_uda.pseudolabels.selection import SelectionRule
@@ -89,6 +90,11 @@ def test_scores_selection_fusion_and_next_dataset(phantom, tmp_path):
     assert new_json["numTraining"] == len(new_table.cases) == len(list((new / "labelsTr").iterdir()))
     assert len(list((new / "imagesTr").iterdir())) == len(new_table.cases)
     assert sorted(p.name for p in (new / "imagesTs").iterdir()) == sorted(p.name for p in (raw / "imagesTs").iterdir())
+
+    plot_scores(scores, tmp_path / "scores.png")
+    plot_examples(scores, lambda c: inputs.channel_files(c)[0], lambda c: tmp_path / "fused" / f"{c}.nii.gz",
+                  tmp_path / "examples.png")
+    assert (tmp_path / "scores.png").stat().st_size > 10_000 and (tmp_path / "examples.png").stat().st_size > 10_000
 
     report = report_json(scores, SelectionRule(top=1), 1)
     assert report["per_domain"] == {d: {"candidates": 3, "selected": 1} for d in table.target}

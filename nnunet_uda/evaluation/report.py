@@ -18,18 +18,16 @@ of those organ means. Domains appear in the order of the domain table, then ``"a
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from nnunet_uda.evaluation.metrics import METRICS, case_metrics
+from nnunet_uda.parallel import map_cases
 
 DEFAULT_TOLERANCE_MM = 2.0
 UNASSIGNED_DOMAIN = "all"
@@ -60,7 +58,7 @@ def evaluate_folder(reference_folder: str | os.PathLike, prediction_folder: str 
     tolerances = resolve_tolerances(dataset_json, organs, tolerances_mm)
     jobs = [(case, str(reference_folder / (case + file_ending)), str(prediction_folder / (case + file_ending)),
              organs, tolerances, ignore_label) for case in cases]
-    metrics = dict(zip(cases, _run(jobs, num_processes)))
+    metrics = dict(zip(cases, map_cases(_evaluate_case, jobs, num_processes, "evaluating")))
     domains = {case: domain_of(dataset_json, case) for case in cases}
     summary = {"cases": [{"case": c, "domain": domains[c], "metrics": metrics[c]} for c in cases],
                "mean": _domain_means(metrics, domains, list(organs), _domain_order(dataset_json)),
@@ -176,15 +174,6 @@ def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
     spacing = reference_image.GetSpacing()[::-1]  # SimpleITK gives x,y,z; numpy arrays are z,y,x
     return case_metrics(reference, prediction, spacing, organs, tolerances, ignore_label)
 
-
-def _run(jobs: list[tuple], num_processes: int) -> list[dict]:
-    """Results of :func:`_evaluate_case` in job order, with a progress bar."""
-    progress = dict(total=len(jobs), desc="evaluating", unit="case")
-    if num_processes <= 1 or len(jobs) == 1:
-        return [_evaluate_case(job) for job in tqdm(jobs, **progress)]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=context) as pool:
-        return list(tqdm(pool.map(_evaluate_case, jobs), **progress))
 
 
 def _domain_order(dataset_json: Mapping) -> list[str]:
