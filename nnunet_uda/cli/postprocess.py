@@ -73,11 +73,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         organs = dataset_organs(dataset_json) if dataset_json is not None else None
         config = preset_config(args.preset, organs) if args.preset else load_config(args.config, organs)
         file_ending = (dataset_json or {}).get("file_ending", DEFAULT_FILE_ENDING)
-        print(config.describe())
         changed = postprocess_folder(args.i, args.o, config, file_ending=file_ending, num_processes=args.np,
                                      overwrite=args.overwrite)
     except (FileNotFoundError, RuntimeError, PostprocessingError) as error:
         raise SystemExit(f"{PROG}: {error}") from None
+    print(config.describe())
     print(f"{len(changed)} label files written to {args.o} ({sum(changed.values())} voxels changed); "
           f"rules saved as {Path(args.o) / CONFIG_FILE}")
 

@@ -1,0 +1,95 @@
+"""How AICL's terms compare on real nnU-Net training batches: loss values, gradient norms, and l_csc
+at the labels themselves.
+
+For a preprocessed AICL dataset and a trained model of the same plans (e.g. the pseudo-label-only
+``nnUNetTrainerUDA`` of ``examples/benchmark_aicl.py``), on batches from ``nnUNetTrainerAICL``'s
+own loader (mixed domains, batch mirroring):
+
+1. each term of eq. 6 (l_sup, l_supUL, l_csc with and without the fixed source maps, l_fpc) and the
+   norm of its gradient over the network's parameters, at the trained weights;
+2. l_csc of the one-hot labels (hand-drawn and initial pseudo labels) as if they were the
+   prediction, against its value for uniform maps (K ln K): where the labels score higher, eq. 5
+   rewards moving predictions away from the anatomy.
+
+    python examples/aicl_loss_scales.py --work benchmark_output/aicl -d 970 --weights_of nnUNetTrainerUDA
+
+It trains nothing, but nnU-Net's trainer set-up writes a training log into the results folder of
+``nnUNetTrainerAICL`` fold 0.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
+from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
+from nnunet_uda.pipeline import nnunet_environment
+from nnunet_uda.planning import DEFAULT_PLANS
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/aicl", help="the benchmark's working folder")
+    parser.add_argument("-d", default="970", help="dataset id")
+    parser.add_argument("--weights_of", default="nnUNetTrainerUDA", help="trainer whose fold-0 final weights to use")
+    parser.add_argument("--batches", type=int, default=20)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    env = nnunet_environment(work, processes=1)
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
+                                           "nnUNet_extTrainer", "nnUNet_n_proc_DA", "nnUNet_compile")})
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(args.d, "3d_fullres", 0, "nnUNetTrainerAICL", DEFAULT_PLANS,
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    weights = (Path(trainer.output_folder).parents[1] / f"{args.weights_of}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
+               / "checkpoint_final.pth")
+    trainer.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["network_weights"])
+    loader, _ = trainer.get_dataloaders()
+    parameters = list(trainer.network.parameters())
+    values, norms, at_labels = {}, {}, []
+    n_classes = trainer.label_manager.num_segmentation_heads
+    for _ in range(args.batches):
+        batch = next(loader)
+        data, target = trainer._to_device(batch)
+        keys = batch["keys"]
+        domains = trainer.batch_domains(keys)
+        output = trainer.forward(data, domains, return_features=True)
+        probs = torch.softmax(output.logits[0].float(), 1)
+        shown = contrast_classes(target[0], trainer.batch_annotations(keys), probs.detach())
+        patches = trainer.patch_sampler(output.encoder[trainer.contrast_stage], probs)
+        supervised = {source: trainer.supervised_loss(output.logits, target, trainer.batch_annotations(keys, source))
+                      for source in ("ground_truth", "pseudo")}
+        terms = {"l_sup": supervised["ground_truth"], "l_supUL": supervised["pseudo"],
+                 "l_csc (target maps only)": structural_consistency_loss(
+                     fixed_maps(probs, trainer.batch_is_source(domains)), domains, shown),
+                 "l_csc (both sides)": structural_consistency_loss(probs, domains, shown),
+                 "l_fpc": patch_contrastive_loss(patches.embeddings, patches.present, trainer.temperature)}
+        for name, value in terms.items():
+            grads = torch.autograd.grad(value, parameters, retain_graph=True, allow_unused=True)
+            norms.setdefault(name, []).append(float(torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))))
+            values.setdefault(name, []).append(float(value))
+        labels = target[0][:, 0].long().clamp(max=n_classes)  # the ignore label becomes an extra, dropped column
+        onehot = F.one_hot(labels, n_classes + 1)[..., :n_classes].movedim(-1, 1).float()
+        at_labels.append(float(structural_consistency_loss(onehot, domains, shown)))
+    print(f"\nAt the weights of {args.weights_of}, {args.batches} training batches (median gradient norm):")
+    for name in values:
+        print(f"  {name}: loss {statistics.mean(values[name]):.3f}, gradient norm {statistics.median(norms[name]):.3f}")
+    organs = n_classes - 1
+    print(f"l_csc at the labels: mean {statistics.mean(at_labels):.2f}; uniform maps with every organ shown: "
+          f"{organs} ln {organs} = {organs * math.log(organs):.2f}")
+
+
+if __name__ == "__main__":
+    main()
