@@ -96,7 +96,7 @@ class DomainTable:
                 f"\"target\" and \"cases\" (see the README, section 'Dataset conventions', or write "
                 f"one with nnunet_uda.domains.DomainTable.to_json)")
         table = dataset_json[TABLE_KEY]
-        labels = _foreground_labels(dataset_json, where)
+        labels = foreground_labels(dataset_json, where)
         for key in ("domains", "target", "cases"):
             if key not in table:
                 raise DomainTableError(f"{where}: the domain table \"{TABLE_KEY}\" has no \"{key}\" entry; "
@@ -224,8 +224,9 @@ class DomainTable:
         return [k for k, v in self.cases.items() if v.labels == kind]
 
 
-def _foreground_labels(dataset_json: Mapping, where: str) -> dict[str, int]:
-    """Foreground label names to values, without background and the ignore label."""
+def foreground_labels(dataset_json: Mapping, where: str) -> dict[str, int]:
+    """Foreground label names to values, without background and the ignore label; ``where`` names
+    the dataset.json in errors."""
     if "labels" not in dataset_json:
         raise DomainTableError(f"{where} has no \"labels\" entry")
     out = {}

@@ -54,6 +54,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_uda.data.raw import atomic_folder
+from nnunet_uda.domains import DomainTableError, foreground_labels
 from nnunet_uda.parallel import map_cases
 
 RULE_KEYS = ("min_volume_ml", "largest_component", "fill_holes")
@@ -154,19 +155,10 @@ def _describe_rules(rules: OrganRules) -> str:
 
 def dataset_organs(dataset_json: Mapping) -> dict[str, int]:
     """Organ names to label values of a dataset.json: every label but background (0) and ``ignore``."""
-    labels = dataset_json.get("labels")
-    if not isinstance(labels, Mapping):
-        raise PostprocessingError("the dataset.json has no \"labels\" object mapping names to label values")
-    organs = {}
-    for name, value in labels.items():
-        if name == "ignore":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise PostprocessingError(f"dataset.json label \"{name}\" has value {value!r}; post-processing "
-                                      f"supports plain integer labels only (no regions)")
-        if value != 0:
-            organs[name] = value
-    return organs
+    try:
+        return foreground_labels(dataset_json, "the dataset.json")
+    except DomainTableError as error:
+        raise PostprocessingError(str(error)) from None
 
 
 def parse_rules(rules: object, where: str) -> OrganRules:

@@ -175,7 +175,6 @@ def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
     return case_metrics(reference, prediction, spacing, organs, tolerances, ignore_label)
 
 
-
 def _domain_order(dataset_json: Mapping) -> list[str]:
     return list(dataset_json.get("uda", {}).get("domains", {})) + [UNASSIGNED_DOMAIN]
 

@@ -12,11 +12,11 @@ roughly, so the loss asks organ maps to overlap their counterpart more than any 
 k and j range over the organs each sample shows (k in both, j in the second): an organ outside a
 patch is no anatomical structure to contrast. Which organs a sample shows comes from its labels,
 hand-drawn or pseudo (:func:`contrast_classes`), and from the prediction only for classes it has no
-label for. Taken from the prediction alone, the set would let the network lower l_csc by
-predicting fewer organs (one organ per sample gives l_csc = 0): trained so on the phantom, the
-network dropped organs and l_sup rose fivefold. A pair without a shared organ, or a batch of one
-domain, contributes nothing. Probability maps are non-negative, so phi lies in
-[0, 1]; ``eps`` keeps the logarithm finite where a map vanishes.
+label for. Taken from the prediction alone, the set would let the network lower l_csc by predicting
+fewer organs (one organ per sample gives l_csc = 0): trained so on the phantom, l_csc fell from
+10.1 to 0.1 while the network dropped organs and l_sup rose from 0.03 to 0.78. A pair without a
+shared organ, or a batch of one domain, contributes nothing. Probability maps are non-negative, so
+phi lies in [0, 1]; ``eps`` keeps the logarithm finite where a map vanishes.
 """
 from __future__ import annotations
 

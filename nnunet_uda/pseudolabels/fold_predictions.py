@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -79,20 +80,18 @@ def _by_domain(cases: Sequence[str], domains: Mapping[str, str], network) -> dic
     return dict(groups)
 
 
-class _inference_domain:
-    """Set ``nnUNet_uda_inference_domain`` for a block (untouched for ``None``), then restore it."""
-
-    def __init__(self, domain: str | None):
-        self.domain, self.previous = domain, os.environ.get(INFERENCE_DOMAIN_ENV)
-
-    def __enter__(self):
-        if self.domain is not None:
-            os.environ[INFERENCE_DOMAIN_ENV] = self.domain
-
-    def __exit__(self, *exc):
-        if self.domain is None:
-            return
-        if self.previous is None:
+@contextmanager
+def _inference_domain(domain: str | None):
+    """``nnUNet_uda_inference_domain`` set to ``domain`` for a block (untouched for ``None``)."""
+    if domain is None:
+        yield
+        return
+    previous = os.environ.get(INFERENCE_DOMAIN_ENV)
+    os.environ[INFERENCE_DOMAIN_ENV] = domain
+    try:
+        yield
+    finally:
+        if previous is None:
             os.environ.pop(INFERENCE_DOMAIN_ENV, None)
         else:
-            os.environ[INFERENCE_DOMAIN_ENV] = self.previous
+            os.environ[INFERENCE_DOMAIN_ENV] = previous
