@@ -8,8 +8,10 @@ own loader (mixed domains, batch mirroring):
 1. each term of eq. 6 (l_sup, l_supUL, l_csc with and without the fixed source maps, l_fpc) and the
    norm of its gradient over the network's parameters, at the trained weights;
 2. l_csc of the one-hot labels (hand-drawn and initial pseudo labels) as if they were the
-   prediction, against its value for uniform maps (K ln K): where the labels score higher, eq. 5
-   rewards moving predictions away from the anatomy.
+   prediction, against its value for uniform maps: where the labels score higher, eq. 5 rewards
+   moving predictions away from the anatomy.
+
+Both for eq. 5 as printed and for its InfoNCE form at each ``--csc_temperatures`` value.
 
     python examples/aicl_loss_scales.py --work benchmark_output/aicl -d 970 --weights_of nnUNetTrainerUDA
 
@@ -19,7 +21,6 @@ It trains nothing, but nnU-Net's trainer set-up writes a training log into the r
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 from pathlib import Path
@@ -39,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("-d", default="970", help="dataset id")
     parser.add_argument("--weights_of", default="nnUNetTrainerUDA", help="trainer whose fold-0 final weights to use")
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--csc_temperatures", type=float, nargs="*", default=[0.1, 0.5, 1.0],
+                        help="l_csc's InfoNCE temperatures to measure besides eq. 5 as printed")
     return parser.parse_args(argv)
 
 
@@ -58,7 +61,8 @@ def main(argv=None) -> None:
     trainer.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["network_weights"])
     loader, _ = trainer.get_dataloaders()
     parameters = list(trainer.network.parameters())
-    values, norms, at_labels = {}, {}, []
+    temperatures = {"eq. 5 as printed": None, **{f"tau {t:g}": t for t in args.csc_temperatures}}
+    values, norms, at_labels, at_uniform = {}, {}, {}, {}
     n_classes = trainer.label_manager.num_segmentation_heads
     for _ in range(args.batches):
         batch = next(loader)
@@ -71,10 +75,11 @@ def main(argv=None) -> None:
         patches = trainer.patch_sampler(output.encoder[trainer.contrast_stage], probs)
         supervised = {source: trainer.supervised_loss(output.logits, target, trainer.batch_annotations(keys, source))
                       for source in ("ground_truth", "pseudo")}
+        maps = fixed_maps(probs, trainer.batch_is_source(domains))
         terms = {"l_sup": supervised["ground_truth"], "l_supUL": supervised["pseudo"],
-                 "l_csc (target maps only)": structural_consistency_loss(
-                     fixed_maps(probs, trainer.batch_is_source(domains)), domains, shown),
-                 "l_csc (both sides)": structural_consistency_loss(probs, domains, shown),
+                 "l_csc, both sides free": structural_consistency_loss(probs, domains, shown),
+                 **{f"l_csc, target maps, {name}": structural_consistency_loss(maps, domains, shown, t)
+                    for name, t in temperatures.items()},
                  "l_fpc": patch_contrastive_loss(patches.embeddings, patches.present, trainer.temperature)}
         for name, value in terms.items():
             grads = torch.autograd.grad(value, parameters, retain_graph=True, allow_unused=True)
@@ -82,13 +87,17 @@ def main(argv=None) -> None:
             values.setdefault(name, []).append(float(value))
         labels = target[0][:, 0].long().clamp(max=n_classes)  # the ignore label becomes an extra, dropped column
         onehot = F.one_hot(labels, n_classes + 1)[..., :n_classes].movedim(-1, 1).float()
-        at_labels.append(float(structural_consistency_loss(onehot, domains, shown)))
+        uniform = torch.full_like(onehot, 1 / n_classes)
+        for name, t in temperatures.items():
+            at_labels.setdefault(name, []).append(float(structural_consistency_loss(onehot, domains, shown, t)))
+            at_uniform.setdefault(name, []).append(float(structural_consistency_loss(uniform, domains, shown, t)))
     print(f"\nAt the weights of {args.weights_of}, {args.batches} training batches (median gradient norm):")
     for name in values:
         print(f"  {name}: loss {statistics.mean(values[name]):.3f}, gradient norm {statistics.median(norms[name]):.3f}")
-    organs = n_classes - 1
-    print(f"l_csc at the labels: mean {statistics.mean(at_labels):.2f}; uniform maps with every organ shown: "
-          f"{organs} ln {organs} = {organs * math.log(organs):.2f}")
+    print("l_csc of the one-hot labels against uniform maps (mean over batches; labels below uniform: the "
+          "anatomy is the better minimiser):")
+    for name in temperatures:
+        print(f"  {name}: labels {statistics.mean(at_labels[name]):.2f}, uniform {statistics.mean(at_uniform[name]):.2f}")
 
 
 if __name__ == "__main__":

@@ -75,8 +75,12 @@ def test_fpc_gradient_reaches_present_patches_only():
     assert embeddings.grad[present].abs().sum(1).min() > 0
 
 
-def loop_csc(probs, domains, present, eps=1e-6):
-    """-E over ordered cross-domain pairs of sum_k log[phi(Y^k_a, Y^k_b) / sum_j phi(Y^k_a, Y^j_b)]."""
+def loop_csc(probs, domains, present, temperature=None, eps=1e-6):
+    """-E over ordered cross-domain pairs of sum_k log[phi(Y^k_a, Y^k_b) / sum_j phi(Y^k_a, Y^j_b)];
+    with a temperature, every phi becomes exp(phi / temperature)."""
+    def score(x, y):
+        return cosine(x, y) if temperature is None else math.exp(cosine(x, y) / temperature)
+
     b, k = present.shape
     pair_losses = []
     for a in range(b):
@@ -88,21 +92,42 @@ def loop_csc(probs, domains, present, eps=1e-6):
                 continue
             total = 0.0
             for o in organs:
-                positive = cosine(probs[a, o + 1], probs[c, o + 1])
-                denominator = sum(cosine(probs[a, o + 1], probs[c, j + 1]) for j in range(k) if present[c, j])
-                total += -math.log((positive + eps) / (denominator + eps))
+                positive = score(probs[a, o + 1], probs[c, o + 1])
+                denominator = sum(score(probs[a, o + 1], probs[c, j + 1]) for j in range(k) if present[c, j])
+                total += -math.log((positive + eps) / (denominator + eps)) if temperature is None else \
+                    -math.log(positive / denominator)
             pair_losses.append(total)
     return sum(pair_losses) / len(pair_losses)
 
 
+@pytest.mark.parametrize("temperature", [None, 0.1, 1.0])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_csc_matches_the_loop_transcription(seed):
+def test_csc_matches_the_loop_transcription(seed, temperature):
     g = torch.Generator().manual_seed(seed)
     probs = torch.softmax(2 * torch.randn(4, 4, 5, 6, 7, generator=g), 1)
     domains = torch.tensor([1, 2, 0, 0])
     present = torch.rand(4, 3, generator=g) > 0.2
-    loss = structural_consistency_loss(probs, domains, present)
-    assert math.isclose(float(loss), loop_csc(probs, domains, present), rel_tol=1e-4)
+    loss = structural_consistency_loss(probs, domains, present, temperature)
+    assert math.isclose(float(loss), loop_csc(probs, domains, present, temperature), rel_tol=1e-4)
+
+
+def test_unpaired_anatomy_scores_below_uniform_maps_only_in_the_infonce_form():
+    """Two subjects whose small organ lies elsewhere in each, partly where the other's large organ
+    is: eq. 5 as printed scores their true one-hot maps far above uniform maps (K ln K), so
+    minimising it moves predictions away from the anatomy; exp(phi / tau) scores them below
+    (``nnUNetTrainerAICL.csc_temperature``)."""
+    labels = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    labels[0, :4] = 1  # a large organ, a little larger in the second subject
+    labels[1, :5] = 1
+    labels[0, 4:6, 1:3, 1:3] = 2  # the small organ
+    labels[1, 6:8, 5:7, 5:7] = 2
+    onehot = F.one_hot(labels, 3).movedim(-1, 1).float()
+    uniform = torch.full_like(onehot, 1 / 3)
+    domains, present = torch.tensor([0, 1]), torch.ones(2, 2, dtype=torch.bool)
+    printed = [structural_consistency_loss(p, domains, present).item() for p in (onehot, uniform)]
+    infonce = [structural_consistency_loss(p, domains, present, 0.1).item() for p in (onehot, uniform)]
+    assert printed[0] > 3 * printed[1] and math.isclose(printed[1], 2 * math.log(2), rel_tol=1e-4)
+    assert infonce[0] < infonce[1] and math.isclose(infonce[1], 2 * math.log(2), rel_tol=1e-4)
 
 
 def test_csc_is_low_for_matching_organ_maps_and_zero_within_one_domain():
@@ -116,15 +141,16 @@ def test_csc_is_low_for_matching_organ_maps_and_zero_within_one_domain():
     assert float(structural_consistency_loss(sharp, torch.tensor([1, 1]), present)) == 0.0
 
 
-def test_csc_gradient_and_absent_organs():
-    logits = torch.randn(2, 4, 5, 5, 5, requires_grad=True)
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_csc_gradient_and_absent_organs(temperature):
+    logits = torch.randn(3, 4, 5, 5, 5, requires_grad=True)
     probs = torch.softmax(logits, 1)
-    present = torch.tensor([[True, False, True], [True, True, False]])
-    loss = structural_consistency_loss(probs, torch.tensor([0, 1]), present)
+    present = torch.tensor([[True, False, True], [True, True, False], [False, False, False]])
+    loss = structural_consistency_loss(probs, torch.tensor([0, 1, 1]), present, temperature)
     loss.backward()
-    assert math.isfinite(loss.item()) and logits.grad.abs().sum() > 0
-    nothing_shared = torch.tensor([[False, False, True], [True, True, False]])
-    assert structural_consistency_loss(probs, torch.tensor([0, 1]), nothing_shared).item() == 0.0
+    assert math.isfinite(loss.item()) and logits.grad.abs().sum() > 0 and torch.isfinite(logits.grad).all()
+    nothing_shared = torch.tensor([[False, False, True], [True, True, False], [False, False, False]])
+    assert structural_consistency_loss(probs, torch.tensor([0, 1, 1]), nothing_shared, temperature).item() == 0.0
 
 
 def test_predicted_classes():

@@ -50,15 +50,21 @@ def fixed_maps(probs: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
 
 
 def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
-                                eps: float = 1e-6) -> torch.Tensor:
+                                temperature: float | None = None, eps: float = 1e-6) -> torch.Tensor:
     """l_csc (eq. 5). ``probs`` (B, K + 1, *s) softmax with background first; ``domains`` (B,)
-    domain indices; ``present`` (B, K) bool organs to contrast (:func:`contrast_classes`)."""
+    domain indices; ``present`` (B, K) bool organs to contrast (:func:`contrast_classes`).
+    ``temperature`` None scores phi itself, as eq. 5 prints it; a number tau scores exp(phi / tau),
+    the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4."""
     maps = F.normalize(probs[:, 1:].float().flatten(2), dim=2)  # (B, K, V)
     b, k = present.shape
     phi = (maps.flatten(0, 1) @ maps.flatten(0, 1).T).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)
     positive = torch.diagonal(phi, dim1=2, dim2=3)  # (a, b, k)
-    negatives = (phi * present[None, :, None, :]).sum(3)  # over the organs j of the second sample
-    terms = torch.log(negatives + eps) - torch.log(positive + eps)
+    if temperature is None:
+        negatives = (phi * present[None, :, None, :]).sum(3)  # over the organs j of the second sample
+        terms = torch.log(negatives + eps) - torch.log(positive + eps)
+    else:
+        logits = (phi / temperature).masked_fill(~present[None, :, None, :], -1e4)  # exp(-1e4) is 0, finitely
+        terms = torch.logsumexp(logits, 3) - positive / temperature
     organs = present[:, None, :] & present[None, :, :] & (domains[:, None] != domains[None, :])[..., None]
     pairs = organs.any(2)
     if not pairs.any():

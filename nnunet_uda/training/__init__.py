@@ -1,9 +1,9 @@
 from nnunet_uda.training.aicl import (nnUNetTrainerAICL, nnUNetTrainerAICL_ColdStart, nnUNetTrainerAICL_noCSC,
                                       nnUNetTrainerAICL_noFPC, nnUNetTrainerAICL_noFPC_noCSC,
-                                      nnUNetTrainerAICL_OrganAdaptive)
+                                      nnUNetTrainerAICL_OrganAdaptive, nnUNetTrainerAICL_PrintedCSC)
 from nnunet_uda.training.base import nnUNetTrainerUDA
 from nnunet_uda.training.source_only import nnUNetTrainerSourceOnly
 
 __all__ = ["nnUNetTrainerUDA", "nnUNetTrainerSourceOnly", "nnUNetTrainerAICL", "nnUNetTrainerAICL_noFPC",
            "nnUNetTrainerAICL_noCSC", "nnUNetTrainerAICL_noFPC_noCSC", "nnUNetTrainerAICL_ColdStart",
-           "nnUNetTrainerAICL_OrganAdaptive"]
+           "nnUNetTrainerAICL_OrganAdaptive", "nnUNetTrainerAICL_PrintedCSC"]

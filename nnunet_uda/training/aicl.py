@@ -39,12 +39,19 @@ Adaptations to nnU-Net, stated:
   orientation and 39.9 with nnU-Net's independent mirroring: minimised, it would teach wrong
   layouts. Each sample is still mirrored with nnU-Net's probabilities, and so at test time;
 - l_csc does not move the source modality's maps (``csc_fixed_source``): its gradient reaches the
-  target samples' predictions only, so the labeled modality's maps stay what l_sup makes them. At
-  the phantom's trained pseudo-label-only model, l_csc's gradient norm is 52.8 with both sides
-  free and 33.6 with the source fixed, against 0.92 for l_sup (``examples/aicl_loss_scales.py``).
-  Known limitation: on the phantom's unpaired batches, l_csc at the labels themselves (22.6) is
-  above its value for uniform maps (6 ln 6 = 10.75), and AICL at the paper's weights collapses
-  there (README, Results);
+  target samples' predictions only, so the labeled modality's maps stay what l_sup makes them;
+- l_csc scores exp(phi / tau) (``csc_temperature``, tau = 0.1), the InfoNCE form of the loss the
+  paper cites for it (van den Oord et al.) and of eq. 4, where eq. 5 prints phi itself. The printed
+  form takes log phi, which is unbounded where an organ's map misses its counterpart. The paper's
+  pairs are registered scans of one subject; nnU-Net's batches pair different subjects, and there
+  an organ often overlaps another organ of the other subject more than itself. Measured on 16 real
+  training batches of the phantom's REG dataset (``examples/aicl_loss_scales.py``): the one-hot
+  labels score 19.1 under the printed form against 10.3 for uniform maps, so minimising it moves
+  predictions away from the anatomy, and AICL collapsed (README, Results). In the InfoNCE form
+  the labels score below uniform maps at every tau measured (0.07: 8.3, 0.1: 7.9, 0.2: 8.2, 0.5:
+  9.2, 1: 9.7, uniform 10.3); tau = 0.1 separates them most. Gradient norms at the trained
+  pseudo-label-only model: printed 29.5, tau 0.1 17.8, l_sup 1.1. ``nnUNetTrainerAICL_PrintedCSC``
+  keeps the printed form;
 - the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
   value); tau = 0.07 (PatchNCE's; the paper gives no value).
 """
@@ -72,6 +79,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     batch_mirroring = True
     #: l_csc moves the target samples' maps only (see the module docstring)
     csc_fixed_source = True
+    #: l_csc scores exp(phi / tau) with this tau; None: phi itself, as eq. 5 prints it (module docstring)
+    csc_temperature: float | None = 0.1
     lambda_sup = 1.0
     #: maxima of the ramped weights (section 3.2)
     lambda_supUL_max = 1.0
@@ -134,7 +143,7 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
         if weights["csc"] > 0:
             shown = contrast_classes(target[0], self.batch_annotations(keys), probs.detach())
             maps = fixed_maps(probs, self.batch_is_source(domains)) if self.csc_fixed_source else probs
-            losses["csc"] = structural_consistency_loss(maps, domains, shown)
+            losses["csc"] = structural_consistency_loss(maps, domains, shown, self.csc_temperature)
         if weights["fpc"] > 0:
             patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
             losses["fpc"] = patch_contrastive_loss(patches.embeddings, patches.present, self.temperature)
@@ -159,6 +168,12 @@ class nnUNetTrainerAICL_noFPC_noCSC(nnUNetTrainerAICL):
     """Ablation (Table 3, first row): focal-Dice supervision (l_sup, l_supUL) only."""
     use_fpc = False
     use_csc = False
+
+
+class nnUNetTrainerAICL_PrintedCSC(nnUNetTrainerAICL):
+    """l_csc exactly as eq. 5 prints it (phi, not exp(phi / tau)): on unpaired subjects it is lowest
+    away from the anatomy (module docstring)."""
+    csc_temperature = None
 
 
 class nnUNetTrainerAICL_ColdStart(nnUNetTrainerAICL):
