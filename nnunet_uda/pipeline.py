@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from nnunet_uda.cli.trainer_path import trainer_path
 from nnunet_uda.data.raw import dataset_folder_name, load_dataset_json
@@ -93,17 +94,17 @@ def split_test_set_by_domain(raw_folder: Path, destination: Path) -> dict[str, P
 
 
 def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: str, output: Path, work: Path,
-                      fold: str = "0", plans: str = DEFAULT_PLANS, configuration: str = "3d_fullres") -> Path:
-    """``nnUNetv2_predict`` once per domain of the test set, each with its domain's normalisation.
-
-    Predictions of all domains are gathered in ``output``.
+                      folds: Sequence[int | str] = (0,), plans: str = DEFAULT_PLANS,
+                      configuration: str = "3d_fullres") -> Path:
+    """``nnUNetv2_predict`` once per domain of the test set, each with its domain's normalisation,
+    by the ensemble of ``folds``. Predictions of all domains are gathered in ``output``.
     """
     inputs = Path(work) / f"test_inputs_{dataset_id}"
     shutil.rmtree(inputs, ignore_errors=True)
     output = Path(output)
     for domain, folder in split_test_set_by_domain(raw_folder, inputs).items():
         run("predict", command("nnUNetv2_predict"), "-i", str(folder), "-o", str(output / domain),
-            "-d", str(dataset_id), "-c", configuration, "-f", fold, "-tr", trainer, "-p", plans, "-device", "cpu",
+            "-d", str(dataset_id), "-c", configuration, "-f", *map(str, folds), "-tr", trainer, "-p", plans, "-device", "cpu",
             "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain})
     merged = output / "all"
     merged.mkdir(parents=True, exist_ok=True)
@@ -138,23 +139,26 @@ def prepare_phantom(run: Runner, dataset_id: int, phantom: PhantomSettings, fold
     return Path(run.env["nnUNet_raw"]) / dataset_folder_name(dataset_id, "UDAPhantom")
 
 
-def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str) -> dict:
-    """``nnUNetv2_train`` (fold 0), prediction of every domain's test set and evaluation, each
-    through its command line; returns the evaluation summary. A finished training
-    (``checkpoint_final.pth``) is not repeated, nor an evaluation newer than it, so an interrupted
-    benchmark resumes."""
+def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str,
+                       folds: Sequence[int] = (0,)) -> dict:
+    """``nnUNetv2_train`` of each fold, prediction of every domain's test set by their ensemble and
+    evaluation, each through its command line; returns the evaluation summary. A finished training
+    (``checkpoint_final.pth``) is not repeated, an interrupted one resumes (``--c``), and an
+    evaluation newer than every fold's checkpoint is reused, so an interrupted benchmark resumes."""
     d = str(dataset_id)
-    results = Path(run.env["nnUNet_results"]) / raw.name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
-    final = results / "checkpoint_final.pth"
+    model = Path(run.env["nnUNet_results"]) / raw.name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres"
     tag = f"{dataset_id}_{trainer}"
     summary = Path(work) / f"evaluation_{tag}" / "summary.json"
-    if final.is_file() and summary.is_file() and summary.stat().st_mtime > final.stat().st_mtime:
+    finals = [model / f"fold_{f}" / "checkpoint_final.pth" for f in folds]
+    if all(f.is_file() for f in finals) and summary.is_file() and \
+            summary.stat().st_mtime > max(f.stat().st_mtime for f in finals):
         return json.loads(summary.read_text())
-    if not final.is_file():
-        resume = ("--c",) if (results / "checkpoint_latest.pth").is_file() else ()
-        run("train", command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-p", DEFAULT_PLANS,
-            "-device", "cpu", *resume)
-    predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{tag}", work)
+    for fold, final in zip(folds, finals):
+        if not final.is_file():
+            resume = ("--c",) if (final.parent / "checkpoint_latest.pth").is_file() else ()
+            run("train", command("nnUNetv2_train"), d, "3d_fullres", str(fold), "-tr", trainer, "-p", DEFAULT_PLANS,
+                "-device", "cpu", *resume)
+    predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{tag}", work, folds)
     run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"),
         "-pred", str(predictions), "-d", d, "-o", str(summary.parent))
     return json.loads(summary.read_text())

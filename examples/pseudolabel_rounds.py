@@ -1,0 +1,172 @@
+"""The self-training pipeline of FLARE 2024 Task 3 (section 2.3) on the phantom: round 0, selection,
+round 1, evaluation.
+
+Every step is a real command:
+
+1. the phantom (labeled CT; unlabeled T1 and T2 training cases; a test set per domain), planned
+   with ``--folds`` domain-aware folds;
+2. round 0: every fold of ``--round0_trainer`` (default ``nnUNetTrainerSourceOnly``, nnU-Net on the
+   labeled CT; the paper's round 0 is nnU-Net trained on CT translated into each MRI sequence);
+3. ``nnUNetv2_uda_pseudolabel``: each fold predicts every unlabeled target case, the cases are
+   ranked per modality by fold consistency (eq. 8), the ``--top`` best get their fused labels
+   (eq. 9) in a new dataset;
+4. round 1: every fold of ``nnUNetTrainerSelfTraining`` (nnU-Net's network on source and pseudo
+   labels alike) on that dataset;
+5. each round's fold ensemble predicts the test sets: Dice and NSD per target domain; and the
+   selection is scored against the phantom's true labels (``labelsTr_reference``): the true Dice
+   of the selected and the rejected pseudo labels, the share of the selected cases that are among
+   the ``--top`` truly best (precision), and the rank correlation of score and true Dice.
+
+Writes ``rounds.json``, ``rounds.md`` and ``selection.png`` (score against true Dice per target
+modality) to ``--work``; the round's own report (``report.json``, ``scores.png``, ``examples.png``)
+is in ``--work/pseudolabels_round1``. Finished trainings and predictions are reused.
+
+    python examples/pseudolabel_rounds.py --work benchmark_output/rounds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from nnunet_uda.data.raw import dataset_folder_name, load_dataset_json  # noqa: E402
+from nnunet_uda.evaluation.report import evaluate_folder  # noqa: E402
+from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, nnunet_environment,  # noqa: E402
+                                 prepare_phantom, train_and_evaluate)
+from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
+
+TARGETS = ("T1", "T2")
+ROUND_TRAINER = "nnUNetTrainerSelfTraining"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/rounds")
+    parser.add_argument("--dataset", type=int, default=980, help="round 0's dataset id; round 1's is one more")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--top", type=int, default=8, help="pseudo-labeled cases selected per target modality")
+    parser.add_argument("--round0_trainer", default="nnUNetTrainerSourceOnly")
+    parser.add_argument("--shape", type=int, nargs=3, default=[24, 24, 24])
+    parser.add_argument("--n_test", type=int, default=5, help="test cases per domain")
+    add_run_arguments(parser, epochs=80, iterations=25)
+    return parser.parse_args(argv)
+
+
+def target_means(summary: dict) -> dict[str, dict[str, float]]:
+    return {d: {m: summary["mean"][d]["average"][m] for m in ("dice", "nsd", "hd95")} for d in TARGETS}
+
+
+def pseudolabel_round(run: Runner, dataset_id: int, trainer: str, folds: list[int], top: int, work: Path) -> Path:
+    """``nnUNetv2_uda_pseudolabel`` from round 0's model to dataset ``dataset_id + 1``."""
+    run("pseudo-label", command("nnUNetv2_uda_pseudolabel"), "-d", str(dataset_id), "-o", str(dataset_id + 1),
+        "-tr", trainer, "-p", DEFAULT_PLANS, "-f", *map(str, folds), "--top", str(top), "-work", str(work),
+        "-device", "cpu", "--overwrite")
+    return work
+
+
+def selection_quality(raw: Path, round_work: Path, top: int) -> dict:
+    """The fused pseudo labels of every candidate against the phantom's true labels."""
+    report = json.loads((round_work / "report.json").read_text())
+    dataset_json = load_dataset_json(raw)
+    references = round_work / "true_labels"
+    references.mkdir(exist_ok=True)
+    for case in report["cases"]:
+        link = references / f"{case}{dataset_json['file_ending']}"
+        if not link.exists():
+            os.symlink((raw / "labelsTr_reference" / link.name).resolve(), link)
+    truth = evaluate_folder(references, round_work / "fused", dataset_json, num_processes=1)
+    true_dice = {c["case"]: float(np.mean([m["dice"] for m in c["metrics"].values()])) for c in truth["cases"]}
+    quality = {}
+    for domain in TARGETS:
+        cases = [c for c, r in report["cases"].items() if r["domain"] == domain]
+        selected = [c for c in cases if report["cases"][c]["selected"]]
+        rejected = [c for c in cases if not report["cases"][c]["selected"]]
+        truly_best = set(sorted(cases, key=lambda c: -true_dice[c])[:top])
+        rho = spearmanr([report["cases"][c]["score"] for c in cases], [true_dice[c] for c in cases])[0]
+        quality[domain] = {
+            "candidates": len(cases), "selected": len(selected),
+            "true_dice_selected": float(np.mean([true_dice[c] for c in selected])) if selected else None,
+            "true_dice_rejected": float(np.mean([true_dice[c] for c in rejected])) if rejected else None,
+            "precision": len(truly_best & set(selected)) / len(selected) if selected else None,
+            "spearman": None if np.isnan(rho) else float(rho),
+            "cases": {c: {"score": report["cases"][c]["score"], "true_dice": true_dice[c],
+                          "selected": report["cases"][c]["selected"]} for c in cases}}
+    return quality
+
+
+def plot_selection(quality: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(quality), figsize=(4.5 * len(quality), 4), squeeze=False)
+    for ax, (domain, q) in zip(axes[0], quality.items()):
+        for selected, colour, label in ((True, "tab:green", "selected"), (False, "tab:gray", "rejected")):
+            points = [(v["score"], v["true_dice"]) for v in q["cases"].values() if v["selected"] == selected]
+            if points:
+                ax.scatter(*zip(*points), c=colour, label=label, s=25)
+        rho = "n/a" if q["spearman"] is None else f"{q['spearman']:.2f}"
+        ax.set(title=f"{domain}: Spearman {rho}", xlabel="fold consistency (eq. 8)", ylabel="true Dice of fused label")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(rounds: dict, quality: dict, settings: str) -> str:
+    lines = [f"Self-training on the phantom ({settings})", "",
+             "| round | trainer | " + " | ".join(f"{d} Dice | {d} NSD" for d in TARGETS) + " | target mean Dice |",
+             "|" + "---|" * (3 + 2 * len(TARGETS))]
+    for name, r in rounds.items():
+        cells = " | ".join(f"{r['targets'][d]['dice']:.3f} | {r['targets'][d]['nsd']:.3f}" for d in TARGETS)
+        mean = np.mean([r["targets"][d]["dice"] for d in TARGETS])
+        lines.append(f"| {name} | {r['trainer']} | {cells} | {mean:.3f} |")
+    lines += ["", "| modality | selected / candidates | true Dice selected | true Dice rejected | precision | "
+              "Spearman (score, true Dice) |", "|---|---|---|---|---|---|"]
+    for domain, q in quality.items():
+        def fmt(x):
+            return "n/a" if x is None else f"{x:.3f}"
+        lines.append(f"| {domain} | {q['selected']} / {q['candidates']} | {fmt(q['true_dice_selected'])} | "
+                     f"{fmt(q['true_dice_rejected'])} | {fmt(q['precision'])} | {fmt(q['spearman'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    folds = list(range(args.folds))
+    phantom = PhantomSettings(tuple(args.shape), args.n_source, args.n_target, args.n_test)
+    raw0 = prepare_phantom(run, args.dataset, phantom, args.folds)
+    rounds = {"round 0": {"trainer": args.round0_trainer, "dataset": args.dataset,
+                          "summary": train_and_evaluate(run, work, raw0, args.dataset, args.round0_trainer, folds)}}
+    round_work = pseudolabel_round(run, args.dataset, args.round0_trainer, folds, args.top, work / "pseudolabels_round1")
+    d1 = args.dataset + 1
+    raw1 = Path(run.env["nnUNet_raw"]) / dataset_folder_name(d1, "UDAPhantomRound1")
+    run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(d1), "-bs", "2",
+        "-folds", str(args.folds))
+    rounds["round 1"] = {"trainer": ROUND_TRAINER, "dataset": d1,
+                         "summary": train_and_evaluate(run, work, raw1, d1, ROUND_TRAINER, folds)}
+    for r in rounds.values():
+        r["targets"] = target_means(r.pop("summary"))
+    quality = selection_quality(raw0, round_work, args.top)
+    settings = (f"{'x'.join(map(str, args.shape))} voxels, {args.n_source} CT + {args.n_target} unlabeled cases per "
+                f"target modality, {args.folds} folds x {args.epochs} epochs x {args.iterations} iterations, top "
+                f"{args.top} per modality, CPU")
+    results = {"settings": settings, "rounds": rounds, "selection": quality, "timings_s": run.timings}
+    (work / "rounds.json").write_text(json.dumps(results, indent=2))
+    table = markdown(rounds, quality, settings)
+    (work / "rounds.md").write_text(table + "\n")
+    plot_selection(quality, work / "selection.png")
+    print("\n" + table)
+    print(f"\nrounds.json, rounds.md and selection.png written to {work}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
