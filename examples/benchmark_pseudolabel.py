@@ -1,0 +1,179 @@
+"""Cost of a pseudo-label round over a few hundred small cases: time per case, the share spent
+outside nnU-Net's prediction, and peak memory, which must not grow with the number of cases.
+
+Steps: a phantom with ``--n_target`` unlabeled cases per target modality (T1, T2), planned with
+``--folds`` folds; every fold of ``nnUNetTrainerSourceOnly`` trained briefly (the model's quality
+does not matter here); then ``nnUNetv2_uda_pseudolabel`` in this process, timed in two parts:
+
+- prediction: :func:`~nnunet_uda.pseudolabels.fold_predictions.predict_folds`, i.e. nnU-Net's
+  ``nnUNetPredictor`` once per fold with its probabilities exported;
+- the round itself: scoring (eq. 8), fusion (eq. 9), selection, the new dataset, the report and
+  its figures.
+
+A thread samples the resident memory of this process and its children (nnU-Net's preprocessing and
+export workers) every 20 ms. ``memory.png`` plots it against time, with the number of cases scored
+so far (from the fused labels' write times): flat while the count grows means memory does not grow
+with the number of cases. ``pseudolabel_cost.json`` holds the figures.
+
+    python examples/benchmark_pseudolabel.py --work benchmark_output/pseudolabel_cost
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nnunet_uda.pipeline import PhantomSettings, Runner, command, nnunet_environment, prepare_phantom  # noqa: E402
+from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
+
+TRAINER = "nnUNetTrainerSourceOnly"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/pseudolabel_cost")
+    parser.add_argument("--dataset", type=int, default=985)
+    parser.add_argument("--n_target", type=int, default=150, help="unlabeled cases per target modality (2 of them)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--shape", type=int, nargs=3, default=[24, 24, 24])
+    return parser.parse_args(argv)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory (MB) of ``pid`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))  # fields[1]: the parent pid
+        rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # fields[21]: resident pages
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo.extend(children.get(p, []))
+    return total / 2 ** 20
+
+
+class MemorySampler(threading.Thread):
+    """Samples :func:`tree_rss_mb` of this process every ``interval`` seconds until stopped."""
+
+    def __init__(self, interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self._done = interval, [], threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            self.samples.append((time.time(), tree_rss_mb(os.getpid())))
+            self._done.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._done.set()
+        self.join()
+        return self.samples
+
+
+def peak(samples, start: float, end: float) -> float:
+    return max((mb for t, mb in samples if start <= t <= end), default=float("nan"))
+
+
+def plot_memory(samples, phases: dict[str, tuple[float, float]], scored_at: list[float], path: Path) -> None:
+    t0 = samples[0][0]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([t - t0 for t, _ in samples], [mb for _, mb in samples], lw=0.8, color="tab:blue")
+    ax.set(xlabel="time (s)", ylabel="resident memory, process tree (MB)")
+    for name, (start, end) in phases.items():
+        ax.axvspan(start - t0, end - t0, alpha=0.08, color="tab:gray")
+        ax.text((start + end) / 2 - t0, ax.get_ylim()[1] * 0.97, name, ha="center", va="top", fontsize=8)
+    counts = ax.twinx()
+    counts.plot([t - t0 for t in sorted(scored_at)], np.arange(1, len(scored_at) + 1), color="tab:orange", lw=1)
+    counts.set_ylabel("cases scored", color="tab:orange")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = nnunet_environment(work, epochs=1, iterations=5, val_iterations=1, processes=1)
+    run = Runner(env, log=work / "commands.log")
+    phantom = PhantomSettings(tuple(args.shape), n_source=8, n_target=args.n_target, n_test=1)
+    raw = prepare_phantom(run, args.dataset, phantom, args.folds)
+    for fold in range(args.folds):
+        if not (work / "nnUNet_results" / raw.name / f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres" / f"fold_{fold}"
+                / "checkpoint_final.pth").is_file():
+            run("train", command("nnUNetv2_train"), str(args.dataset), "3d_fullres", str(fold), "-tr", TRAINER,
+                "-p", DEFAULT_PLANS, "-device", "cpu")
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
+                                           "nnUNet_extTrainer", "nnUNet_n_proc_DA", "nnUNet_compile")})
+    from nnunet_uda.cli import pseudolabel
+    from nnunet_uda.pseudolabels import fold_predictions
+
+    round_work = work / "round"
+    predicting = {"seconds": 0.0}
+    predict = fold_predictions.predict_folds
+
+    def timed_predict(*a, **k):
+        start = time.time()
+        predict(*a, **k)
+        predicting["seconds"] = time.time() - start
+        predicting["span"] = (start, time.time())
+
+    pseudolabel.predict_folds = timed_predict
+    sampler = MemorySampler()
+    sampler.start()
+    start = time.time()
+    pseudolabel.main(["-d", str(args.dataset), "-o", str(args.dataset + 1), "-tr", TRAINER, "-p", DEFAULT_PLANS,
+                      "-f", *map(str, range(args.folds)), "--top", "50", "-work", str(round_work), "-device", "cpu",
+                      "--disable_tta", "--overwrite"])
+    end = time.time()
+    samples = sampler.stop()
+    cases = 2 * args.n_target
+    predicted_until = predicting["span"][1]
+    scored_at = [p.stat().st_mtime for p in (round_work / "fused").glob("*.nii.gz")]
+    first, last = np.quantile(scored_at, [0.1, 0.9])
+    figures = {
+        "cases": cases, "folds": args.folds, "shape": args.shape,
+        "total_s": end - start, "prediction_s": predicting["seconds"],
+        "outside_prediction_s": end - start - predicting["seconds"],
+        "outside_prediction_share": (end - start - predicting["seconds"]) / (end - start),
+        "prediction_s_per_case_and_fold": predicting["seconds"] / (cases * args.folds),
+        "round_s_per_case": (end - predicted_until) / cases,
+        "peak_mb_prediction": peak(samples, start, predicted_until),
+        "peak_mb_round": peak(samples, predicted_until, end),
+        "peak_mb_first_10pct_scored": peak(samples, predicted_until, first),
+        "peak_mb_last_10pct_scored": peak(samples, last, max(scored_at)),
+    }
+    (work / "pseudolabel_cost.json").write_text(json.dumps(figures, indent=2))
+    plot_memory(samples, {"prediction": (start, predicted_until), "round": (predicted_until, end)}, scored_at,
+                work / "memory.png")
+    print(f"\n{cases} cases x {args.folds} folds, {'x'.join(map(str, args.shape))} voxels, CPU:")
+    print(f"  total {figures['total_s']:.1f} s; nnU-Net prediction {figures['prediction_s']:.1f} s "
+          f"({figures['prediction_s_per_case_and_fold']:.3f} s per case and fold); outside it "
+          f"{figures['outside_prediction_s']:.1f} s ({figures['outside_prediction_share']:.1%}), "
+          f"{figures['round_s_per_case'] * 1000:.1f} ms per case")
+    print(f"  peak resident memory (process tree): prediction {figures['peak_mb_prediction']:.0f} MB, round "
+          f"{figures['peak_mb_round']:.0f} MB; while scoring the first 10% of cases {figures['peak_mb_first_10pct_scored']:.0f}"
+          f" MB, the last 10% {figures['peak_mb_last_10pct_scored']:.0f} MB")
+    print(f"pseudolabel_cost.json and memory.png written to {work}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
