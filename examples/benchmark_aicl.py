@@ -9,8 +9,8 @@ Per setting, through nnU-Net's commands:
 - pseudo-label only: ``nnUNetTrainerUDA`` (conditional norms, trained on manual and initial pseudo
   labels alike: the paper's CIN-seg);
 - AICL without l_fpc and l_csc: ``nnUNetTrainerAICL_noFPC_noCSC``;
-- AICL with l_csc as eq. 5 prints it: ``nnUNetTrainerAICL_PrintedCSC``;
-- AICL: ``nnUNetTrainerAICL`` (l_csc in its InfoNCE form; the trainer's docstring says why).
+- AICL: ``nnUNetTrainerAICL``;
+- AICL with l_csc in its InfoNCE form: ``nnUNetTrainerAICL_InfoNCECSC``.
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
@@ -36,7 +36,7 @@ from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnu
 
 METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL w/o l_fpc, l_csc": "nnUNetTrainerAICL_noFPC_noCSC",
-           "AICL, l_csc as eq. 5 prints it": "nnUNetTrainerAICL_PrintedCSC",
+           "AICL, l_csc in InfoNCE form": "nnUNetTrainerAICL_InfoNCECSC",
            "AICL": "nnUNetTrainerAICL"}
 TARGETS = ("T1", "T2")
 

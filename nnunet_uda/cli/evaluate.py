@@ -3,10 +3,12 @@
 Example::
 
     nnUNetv2_uda_evaluate -ref nnUNet_raw/Dataset005_X/labelsTs -pred predictions -d 5 -tol liver=3
+    nnUNetv2_uda_evaluate -ref labelsTs -pred predictions -d 5 -preset flare   # FLARE 2024 scoring
 
 writes ``summary.json`` and ``summary.md`` to ``-o`` (default: the prediction folder) and prints
-the Markdown tables. See :mod:`nnunet_uda.evaluation.report` for the output format and
-:mod:`nnunet_uda.evaluation.metrics` for the metric conventions.
+the Markdown tables. See :mod:`nnunet_uda.evaluation.report` for the output format,
+:mod:`nnunet_uda.evaluation.metrics` for the metric conventions and
+:mod:`nnunet_uda.evaluation.flare` for the FLARE preset's rules and their sources.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import argparse
 from typing import Sequence
 
 from nnunet_uda.data.raw import find_raw_dataset, load_dataset_json
-from nnunet_uda.evaluation.report import EvaluationError, evaluate_folder, format_markdown
+from nnunet_uda.evaluation.report import PRESETS, EvaluationError, evaluate_folder, format_markdown
 
 
 def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
@@ -42,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: the prediction folder)")
     parser.add_argument("-tol", nargs="+", default=[], metavar="ORGAN=MM",
                         help="NSD tolerance in mm per organ (default 2 mm, or the dataset's "
-                             "uda.nsd_tolerance_mm)")
+                             "uda.nsd_tolerance_mm, or the preset's); overrides them all")
+    parser.add_argument("-preset", "--preset", choices=PRESETS, default=None,
+                        help="score by a challenge's rules. flare: FLARE 2024 (Task 3) official "
+                             "evaluation: the 13 FLARE organs, matched by label name; NSD tolerances "
+                             "liver 5, kidneys 3, spleen 3, pancreas 5, aorta 2, IVC 2, adrenal glands 2, "
+                             "gallbladder 2, esophagus 3, stomach 5, duodenum 7 mm; NSD 0 where Dice < 0.2; "
+                             "aorta, IVC and esophagus scored only within the reference's axial slice range")
     parser.add_argument("-np", type=int, default=2, help="number of worker processes (default 2)")
     return parser
 
@@ -56,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"nnUNetv2_uda_evaluate: {error}") from None
     try:
         summary = evaluate_folder(args.ref, args.pred, dataset_json, output_folder=args.o or args.pred,
-                                  tolerances_mm=tolerances, num_processes=args.np)
+                                  tolerances_mm=tolerances, num_processes=args.np, preset=args.preset)
     except (FileNotFoundError, EvaluationError) as error:
         raise SystemExit(f"nnUNetv2_uda_evaluate: {error}") from None
     print(format_markdown(summary))

@@ -10,10 +10,14 @@ metrics per domain and organ, and writes ``summary.json`` and ``summary.md``.
     {"cases": [{"case": "case_001", "domain": "T1",
                 "metrics": {"liver": {"dice": .., "nsd": .., "hd95": .., "assd": ..}, ...}}, ...],
      "mean": {"T1": {"liver": {"dice": .., ...}, ..., "average": {"dice": .., ...}}, ...},
-     "tolerances_mm": {"liver": 2.0, ...}}
+     "tolerances_mm": {"liver": 2.0, ...},
+     "preset": null}
 
 ``mean[domain][organ]`` is the mean over the domain's cases; ``mean[domain]["average"]`` the mean
 of those organ means. Domains appear in the order of the domain table, then ``"all"``.
+
+A preset (``preset="flare"``: :mod:`nnunet_uda.evaluation.flare`) scores the cases by a
+challenge's rules and tolerances; ``"preset"`` records which one was used.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,8 +33,12 @@ import SimpleITK as sitk
 from nnunet_uda.evaluation.metrics import METRICS, case_metrics
 from nnunet_uda.parallel import map_cases
 
+if TYPE_CHECKING:
+    from nnunet_uda.evaluation.flare import FlareRules
+
 DEFAULT_TOLERANCE_MM = 2.0
 UNASSIGNED_DOMAIN = "all"
+PRESETS = ("flare",)
 METRIC_COLUMNS = {"dice": "Dice", "nsd": "NSD", "hd95": "HD95 (mm)", "assd": "ASSD (mm)"}
 DECIMALS = {"dice": 4, "nsd": 4, "hd95": 2, "assd": 2}
 
@@ -41,28 +49,32 @@ class EvaluationError(ValueError):
 
 def evaluate_folder(reference_folder: str | os.PathLike, prediction_folder: str | os.PathLike,
                     dataset_json: Mapping, output_folder: str | os.PathLike | None = None,
-                    tolerances_mm: Mapping[str, float] | None = None, num_processes: int = 2) -> dict:
+                    tolerances_mm: Mapping[str, float] | None = None, num_processes: int = 2,
+                    preset: str | None = None) -> dict:
     """Evaluate every reference label file against the prediction of the same name.
 
     Cases are the files in ``reference_folder`` ending in ``dataset_json["file_ending"]``. A
     reference without a prediction is an error (:class:`FileNotFoundError`); a prediction without a
     reference is skipped with a warning. NSD tolerances: 2 mm per organ, overridden by
-    ``dataset_json["uda"]["nsd_tolerance_mm"]``, overridden by ``tolerances_mm``. With
+    ``dataset_json["uda"]["nsd_tolerance_mm"]``, by the preset's, then by ``tolerances_mm``. With
     ``output_folder``, ``summary.json`` and ``summary.md`` are written there. ``num_processes``
-    worker processes (spawned) evaluate the cases; 1 evaluates them in this process.
+    worker processes (spawned) evaluate the cases; 1 evaluates them in this process. ``preset``
+    (one of :data:`PRESETS`, or None) applies a challenge's scoring rules, see :func:`preset_rules`.
     """
     reference_folder, prediction_folder = Path(reference_folder), Path(prediction_folder)
     file_ending = dataset_json["file_ending"]
     cases = _paired_cases(reference_folder, prediction_folder, file_ending)
     organs, ignore_label = organ_labels(dataset_json)
-    tolerances = resolve_tolerances(dataset_json, organs, tolerances_mm)
+    rules = preset_rules(preset, organs)
+    tolerances = resolve_tolerances(dataset_json, organs, tolerances_mm,
+                                    None if rules is None else rules.tolerances_mm)
     jobs = [(case, str(reference_folder / (case + file_ending)), str(prediction_folder / (case + file_ending)),
-             organs, tolerances, ignore_label) for case in cases]
+             organs, tolerances, ignore_label, rules) for case in cases]
     metrics = dict(zip(cases, map_cases(_evaluate_case, jobs, num_processes, "evaluating")))
     domains = {case: domain_of(dataset_json, case) for case in cases}
     summary = {"cases": [{"case": c, "domain": domains[c], "metrics": metrics[c]} for c in cases],
                "mean": _domain_means(metrics, domains, list(organs), _domain_order(dataset_json)),
-               "tolerances_mm": tolerances}
+               "tolerances_mm": tolerances, "preset": preset}
     if output_folder is not None:
         output_folder = Path(output_folder)
         output_folder.mkdir(parents=True, exist_ok=True)
@@ -88,11 +100,14 @@ def organ_labels(dataset_json: Mapping) -> tuple[dict[str, int], int | None]:
 
 
 def resolve_tolerances(dataset_json: Mapping, organs: Mapping[str, int],
-                       tolerances_mm: Mapping[str, float] | None) -> dict[str, float]:
-    """Each organ's NSD tolerance: default, then the dataset's ``nsd_tolerance_mm``, then overrides."""
+                       tolerances_mm: Mapping[str, float] | None,
+                       preset_tolerances_mm: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each organ's NSD tolerance: default, then the dataset's ``nsd_tolerance_mm``, then the
+    preset's, then ``tolerances_mm``."""
     tolerances = {name: DEFAULT_TOLERANCE_MM for name in organs}
     for source, given in (("dataset.json[\"uda\"][\"nsd_tolerance_mm\"]",
                            dataset_json.get("uda", {}).get("nsd_tolerance_mm", {})),
+                          ("the preset's tolerances", preset_tolerances_mm or {}),
                           ("the tolerances given", tolerances_mm or {})):
         unknown = sorted(set(given) - set(organs))
         if unknown:
@@ -104,6 +119,23 @@ def resolve_tolerances(dataset_json: Mapping, organs: Mapping[str, int],
                                       f"non-negative number of mm, got {value!r}")
             tolerances[name] = float(value)
     return tolerances
+
+
+def preset_rules(preset: str | None, organs: Mapping[str, int]) -> FlareRules | None:
+    """The scoring rules of ``preset`` for the dataset's organs, or None without a preset.
+
+    The rules object has ``tolerances_mm`` (organ -> mm) and
+    ``case_metrics(reference, prediction, spacing, organs, tolerances_mm, ignore_label)``, a drop-in
+    for :func:`~nnunet_uda.evaluation.metrics.case_metrics`. ``"flare"``:
+    :func:`nnunet_uda.evaluation.flare.flare_rules`, which raises :class:`EvaluationError` when the
+    dataset's labels are not the 13 FLARE organs.
+    """
+    if preset is None:
+        return None
+    if preset == "flare":
+        from nnunet_uda.evaluation.flare import flare_rules  # here, not at the top: flare imports this module
+        return flare_rules(organs)
+    raise EvaluationError(f"unknown evaluation preset {preset!r}; the presets are: {', '.join(PRESETS)}")
 
 
 def domain_of(dataset_json: Mapping, case: str) -> str:
@@ -122,6 +154,7 @@ def format_markdown(summary: Mapping) -> str:
     for case in summary["cases"]:
         counts[case["domain"]] = counts.get(case["domain"], 0) + 1
     tolerances = summary["tolerances_mm"]
+    preamble = f"Scored with the {summary['preset']} preset.\n\n" if summary.get("preset") else ""
     uniform = len(set(tolerances.values())) == 1
     nsd_column = f"NSD@{_number(next(iter(tolerances.values())))} mm" if uniform else "NSD@tol"
     header = ["organ", "Dice", nsd_column, METRIC_COLUMNS["hd95"], METRIC_COLUMNS["assd"]]
@@ -134,7 +167,7 @@ def format_markdown(summary: Mapping) -> str:
             cells = [f"{values[m]:.{DECIMALS[m]}f}" for m in METRICS]
             lines.append("| " + " | ".join([label] + cells) + " |")
         sections.append("\n".join(lines))
-    return "\n\n".join(sections) + "\n"
+    return preamble + "\n\n".join(sections) + "\n"
 
 
 def _paired_cases(reference_folder: Path, prediction_folder: Path, file_ending: str) -> list[str]:
@@ -163,8 +196,8 @@ def _case_ids(folder: Path, file_ending: str) -> list[str]:
 
 
 def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
-    """Worker: read one reference/prediction pair and compute its organ metrics."""
-    case, reference_file, prediction_file, organs, tolerances, ignore_label = job
+    """Worker: read one reference/prediction pair and compute its organ metrics (under the preset's rules)."""
+    case, reference_file, prediction_file, organs, tolerances, ignore_label, rules = job
     reference_image = sitk.ReadImage(reference_file)
     reference = sitk.GetArrayFromImage(reference_image)
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(prediction_file))
@@ -172,7 +205,8 @@ def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
         raise EvaluationError(f"case {case}: the prediction {prediction_file} has shape {prediction.shape} "
                               f"but the reference {reference_file} has shape {reference.shape} (numpy z,y,x)")
     spacing = reference_image.GetSpacing()[::-1]  # SimpleITK gives x,y,z; numpy arrays are z,y,x
-    return case_metrics(reference, prediction, spacing, organs, tolerances, ignore_label)
+    metrics = case_metrics if rules is None else rules.case_metrics
+    return metrics(reference, prediction, spacing, organs, tolerances, ignore_label)
 
 
 def _domain_order(dataset_json: Mapping) -> list[str]:
