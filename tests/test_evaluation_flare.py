@@ -55,7 +55,7 @@ def one_organ(name: str, *box_slices: slice) -> np.ndarray:
 
 def preset(reference: np.ndarray, prediction: np.ndarray) -> dict:
     """The per-organ metrics under the FLARE preset, FLARE's tolerances."""
-    return RULES.case_metrics(reference, prediction, SPACING, ORGAN_VALUES, RULES.tolerances_mm)
+    return case_metrics(reference, prediction, SPACING, ORGAN_VALUES, RULES.tolerances_mm, rules=RULES)
 
 
 def plain(reference: np.ndarray, prediction: np.ndarray) -> dict:
@@ -188,7 +188,7 @@ def test_a_different_numbering_is_scored_by_name():
     reference = one_organ("liver", slice(4, 16), slice(2, 6), slice(2, 6))  # value 1: the aorta here
     prediction = one_organ("liver", slice(0, 20), slice(2, 6), slice(2, 6))
     rules = flare_rules(organs)
-    assert rules.case_metrics(reference, prediction, SPACING, organs, rules.tolerances_mm)["aorta"] == PERFECT
+    assert case_metrics(reference, prediction, SPACING, organs, rules.tolerances_mm, rules=rules)["aorta"] == PERFECT
 
 
 @pytest.mark.parametrize("labels, culprit", [
@@ -211,8 +211,8 @@ def test_the_ignore_label_is_not_an_organ():
     reference[:, :, :3] = ignore_label
     prediction = flare_map()
     prediction[:, :, :3] = LABELS["liver"]  # wrong only where the reference is ignored
-    metrics = flare_rules(organs).case_metrics(reference, prediction, SPACING, organs, RULES.tolerances_mm,
-                                               ignore_label)
+    metrics = case_metrics(reference, prediction, SPACING, organs, RULES.tolerances_mm, ignore_label,
+                           flare_rules(organs))
     assert metrics["liver"]["dice"] == 1.0
 
 
@@ -259,7 +259,7 @@ def test_evaluate_folder_with_the_preset(folders, tmp_path):
     for case, metrics in zip(("case_a", "case_b"), (case_a, case_b)):
         (reference, spacing), (prediction, _) = (read(folder / f"{case}.nii.gz")
                                                  for folder in (reference_folder, prediction_folder))
-        assert metrics == RULES.case_metrics(reference, prediction, spacing, ORGAN_VALUES, TOLERANCES_MM)
+        assert metrics == case_metrics(reference, prediction, spacing, ORGAN_VALUES, TOLERANCES_MM, rules=RULES)
     assert summary["mean"]["all"]["average"]["dice"] == pytest.approx(
         np.mean([(case_a[o]["dice"] + case_b[o]["dice"]) / 2 for o in ORGANS]))
 

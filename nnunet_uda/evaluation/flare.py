@@ -59,7 +59,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_uda.evaluation.metrics import organ_metrics
 from nnunet_uda.evaluation.report import EvaluationError
 
 ORGANS = {"liver": 1, "right kidney": 2, "spleen": 3, "pancreas": 4, "aorta": 5, "inferior vena cava": 6,
@@ -83,24 +82,13 @@ class FlareRules:
     tolerances_mm: dict[str, float]
     axial_range_organs: frozenset[str]
 
-    def case_metrics(self, reference_labels: np.ndarray, predicted_labels: np.ndarray,
-                     spacing: Sequence[float], labels: Mapping[str, int], tolerances_mm: Mapping[str, float],
-                     ignore_label: int | None = None) -> dict[str, dict[str, float]]:
-        """:func:`~nnunet_uda.evaluation.metrics.case_metrics` under FLARE's rules.
+    def restrict(self, name: str, prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """The tubular organs' prediction within the reference's axial range (in place)."""
+        return clear_outside_axial_range(prediction, reference) if name in self.axial_range_organs else prediction
 
-        Same arguments and result; in addition, organs in ``axial_range_organs`` are scored within
-        the reference's axial range only, and NSD is 0 where DSC < 0.2.
-        """
-        valid = None if ignore_label is None else reference_labels != ignore_label
-        out = {}
-        for name, value in labels.items():
-            reference, prediction = reference_labels == value, predicted_labels == value
-            if valid is not None:
-                prediction &= valid
-            if name in self.axial_range_organs:
-                clear_outside_axial_range(prediction, reference)
-            out[name] = zero_nsd_below_min_dice(organ_metrics(reference, prediction, spacing, tolerances_mm[name]))
-        return out
+    def adjust(self, name: str, metrics: dict[str, float]) -> dict[str, float]:
+        """NSD 0 where DSC < 0.2."""
+        return zero_nsd_below_min_dice(metrics)
 
 
 def flare_rules(organs: Mapping[str, int]) -> FlareRules:

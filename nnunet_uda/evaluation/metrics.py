@@ -68,11 +68,14 @@ def organ_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
 
 def case_metrics(reference_labels: np.ndarray, predicted_labels: np.ndarray, spacing: Sequence[float],
                  labels: Mapping[str, int], tolerances_mm: Mapping[str, float],
-                 ignore_label: int | None = None) -> dict[str, dict[str, float]]:
+                 ignore_label: int | None = None, rules=None) -> dict[str, dict[str, float]]:
     """:func:`organ_metrics` of every organ in ``labels`` (name -> label value) for one case.
 
     ``tolerances_mm`` gives each organ's NSD tolerance. Voxels where the reference holds
-    ``ignore_label`` are excluded: they count as background in both masks.
+    ``ignore_label`` are excluded: they count as background in both masks. ``rules`` (a
+    challenge's scoring rules, e.g. :class:`~nnunet_uda.evaluation.flare.FlareRules`) may restrict
+    each organ's prediction (``rules.restrict(name, prediction, reference)``) and adjust its
+    metrics (``rules.adjust(name, metrics)``).
     """
     if reference_labels.shape != predicted_labels.shape:
         raise ValueError(f"reference shape {reference_labels.shape} differs from prediction shape "
@@ -83,7 +86,11 @@ def case_metrics(reference_labels: np.ndarray, predicted_labels: np.ndarray, spa
         reference, prediction = reference_labels == value, predicted_labels == value
         if valid is not None:
             prediction &= valid
+        if rules is not None:
+            prediction = rules.restrict(name, prediction, reference)
         out[name] = organ_metrics(reference, prediction, spacing, tolerances_mm[name])
+        if rules is not None:
+            out[name] = rules.adjust(name, out[name])
     return out
 
 

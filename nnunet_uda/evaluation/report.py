@@ -205,8 +205,7 @@ def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
         raise EvaluationError(f"case {case}: the prediction {prediction_file} has shape {prediction.shape} "
                               f"but the reference {reference_file} has shape {reference.shape} (numpy z,y,x)")
     spacing = reference_image.GetSpacing()[::-1]  # SimpleITK gives x,y,z; numpy arrays are z,y,x
-    metrics = case_metrics if rules is None else rules.case_metrics
-    return metrics(reference, prediction, spacing, organs, tolerances, ignore_label)
+    return case_metrics(reference, prediction, spacing, organs, tolerances, ignore_label, rules)
 
 
 def _domain_order(dataset_json: Mapping) -> list[str]:
