@@ -36,6 +36,8 @@ setup(
             "nnUNetv2_uda_embeddings=nnunet_uda.cli.embeddings:main",
             "nnUNetv2_uda_postprocess=nnunet_uda.cli.postprocess:main",
             "nnUNetv2_uda_pseudolabel=nnunet_uda.cli.pseudolabel:main",
+            "nnUNetv2_uda_submission=nnunet_uda.cli.submission:main",
+            "nnUNetv2_uda_submission_run=nnunet_uda.cli.submission:run_main",
         ]
     },
 )

@@ -10,7 +10,7 @@ does not matter here); then ``nnUNetv2_uda_pseudolabel`` in this process, timed 
 - the round itself: scoring (eq. 8), fusion (eq. 9), selection, the new dataset, the report and
   its figures.
 
-A thread samples the resident memory of this process and its children (nnU-Net's preprocessing and
+A thread samples the memory (proportional set size) of this process and its children (nnU-Net's preprocessing and
 export workers) every 20 ms. ``memory.png`` plots it against time, with the number of cases scored
 so far (from the fused labels' write times): flat while the count grows means memory does not grow
 with the number of cases. ``pseudolabel_cost.json`` holds the figures.
@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from nnunet_uda.pipeline import PhantomSettings, Runner, command, nnunet_environment, prepare_phantom  # noqa: E402
 from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
+from nnunet_uda.submission import process_memory, process_parents, tree_pids  # noqa: E402
 
 TRAINER = "nnUNetTrainerSourceOnly"
 
@@ -48,29 +49,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory (MB) of ``pid`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))  # fields[1]: the parent pid
-        rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # fields[21]: resident pages
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo.extend(children.get(p, []))
-    return total / 2 ** 20
+def tree_memory_mb(pid: int) -> float:
+    """Memory (MB) of ``pid`` and all its descendants: their proportional set sizes, so pages that
+    forked workers share with their parent count once (:mod:`nnunet_uda.submission`)."""
+    return sum(process_memory(p) for p in tree_pids(process_parents(), pid)) / 2 ** 20
 
 
 class MemorySampler(threading.Thread):
-    """Samples :func:`tree_rss_mb` of this process every ``interval`` seconds until stopped."""
+    """Samples :func:`tree_memory_mb` of this process every ``interval`` seconds until stopped."""
 
     def __init__(self, interval: float = 0.02):
         super().__init__(daemon=True)
@@ -78,7 +64,7 @@ class MemorySampler(threading.Thread):
 
     def run(self):
         while not self._done.is_set():
-            self.samples.append((time.time(), tree_rss_mb(os.getpid())))
+            self.samples.append((time.time(), tree_memory_mb(os.getpid())))
             self._done.wait(self.interval)
 
     def stop(self) -> list[tuple[float, float]]:
@@ -95,7 +81,7 @@ def plot_memory(samples, phases: dict[str, tuple[float, float]], scored_at: list
     t0 = samples[0][0]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot([t - t0 for t, _ in samples], [mb for _, mb in samples], lw=0.8, color="tab:blue")
-    ax.set(xlabel="time (s)", ylabel="resident memory, process tree (MB)")
+    ax.set(xlabel="time (s)", ylabel="memory of the process tree, PSS (MB)")
     for name, (start, end) in phases.items():
         ax.axvspan(start - t0, end - t0, alpha=0.08, color="tab:gray")
         ax.text((start + end) / 2 - t0, ax.get_ylim()[1] * 0.97, name, ha="center", va="top", fontsize=8)
@@ -168,7 +154,7 @@ def main(argv=None) -> dict:
           f"({figures['prediction_s_per_case_and_fold']:.3f} s per case and fold); outside it "
           f"{figures['outside_prediction_s']:.1f} s ({figures['outside_prediction_share']:.1%}), "
           f"{figures['round_s_per_case'] * 1000:.1f} ms per case")
-    print(f"  peak resident memory (process tree): prediction {figures['peak_mb_prediction']:.0f} MB, round "
+    print(f"  peak memory (process tree, PSS): prediction {figures['peak_mb_prediction']:.0f} MB, round "
           f"{figures['peak_mb_round']:.0f} MB; while scoring the first 10% of cases {figures['peak_mb_first_10pct_scored']:.0f}"
           f" MB, the last 10% {figures['peak_mb_last_10pct_scored']:.0f} MB")
     print(f"pseudolabel_cost.json and memory.png written to {work}")
