@@ -165,11 +165,12 @@ def test_submission_folder_is_complete(model):
     assert "-f 0 -chk checkpoint_final.pth" in predict and "postprocessing.json" in predict
     assert subprocess.run(["sh", "-n", str(submission / "predict.sh")]).returncode == 0
     # the plugin travels with the folder: predict.sh's PYTHONPATH finds the copy, not the development tree
+    # (asked from the folder, as the challenge runs it: ``python -c`` puts the working directory first)
     assert not list((submission / "plugin").rglob("__pycache__"))  # not even after the run
     found = subprocess.run([sys.executable, "-c", "import nnunet_uda, nnunet_uda_trainers; "
                             "print(nnunet_uda.__file__); print(nnunet_uda_trainers.__file__)"],
                            env=dict(os.environ, PYTHONPATH=str(submission / "plugin"), PYTHONDONTWRITEBYTECODE="1"),
-                           capture_output=True, text=True, check=True).stdout.split()
+                           cwd=submission, capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(f).is_relative_to(submission / "plugin") for f in found)
     assert (submission / "plugin" / "nnunet_uda_trainers" / "nnunet_uda_base_trainers.py").is_file()
     assert "Run" in (submission / "README.md").read_text()
