@@ -120,8 +120,7 @@ def iteration_costs(args, work: Path) -> dict:
     from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom
 
     env = nnunet_environment(work, processes=1)  # nnU-Net's planner fails with 0 (set_num_threads(0))
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
-                                           "nnUNet_n_proc_DA", "nnUNet_compile")})
+    os.environ.update(env)  # nnU-Net reads its folders from the environment of this process
     dataset_id = 980
     run = Runner(env, log=work / "commands.log")
     prepare_phantom(run, dataset_id, PhantomSettings(shape=(args.shape,) * 3, n_source=6, n_target=4, n_test=1,

@@ -3,17 +3,19 @@ outside nnU-Net's prediction, and peak memory, which must not grow with the numb
 
 Steps: a phantom with ``--n_target`` unlabeled cases per target modality (T1, T2), planned with
 ``--folds`` folds; every fold of ``nnUNetTrainerSourceOnly`` trained briefly (the model's quality
-does not matter here); then ``nnUNetv2_uda_pseudolabel`` in this process, timed in two parts:
+does not matter here); then ``nnUNetv2_uda_pseudolabel`` in this process, in two parts told apart
+by the files they write:
 
-- prediction: :func:`~nnunet_uda.pseudolabels.fold_predictions.predict_folds`, i.e. nnU-Net's
-  ``nnUNetPredictor`` once per fold with its probabilities exported;
+- prediction, until the last fold export: nnU-Net's ``nnUNetPredictor`` once per fold with its
+  probabilities (:func:`~nnunet_uda.pseudolabels.fold_predictions.predict_folds`);
 - the round itself: scoring (eq. 8), fusion (eq. 9), selection, the new dataset, the report and
   its figures.
 
-A thread samples the memory (proportional set size) of this process and its children (nnU-Net's preprocessing and
-export workers) every 20 ms. ``memory.png`` plots it against time, with the number of cases scored
-so far (from the fused labels' write times): flat while the count grows means memory does not grow
-with the number of cases. ``pseudolabel_cost.json`` holds the figures.
+:class:`~nnunet_uda.submission.TreeMonitor` samples the memory (proportional set sizes) of this
+process and its children (nnU-Net's preprocessing and export workers) every 20 ms.
+``memory.png`` plots it against time, with the number of cases scored so far (from the fused
+labels' write times): flat while the count grows means memory does not grow with the number of
+cases. ``pseudolabel_cost.json`` holds the figures.
 
     python examples/benchmark_pseudolabel.py --work benchmark_output/pseudolabel_cost
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
+import shutil
 import time
 from pathlib import Path
 
@@ -32,9 +34,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nnunet_uda.pipeline import PhantomSettings, Runner, command, nnunet_environment, prepare_phantom  # noqa: E402
+from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom, train_folds  # noqa: E402
 from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
-from nnunet_uda.submission import process_memory, process_parents, tree_pids  # noqa: E402
+from nnunet_uda.submission import TreeMonitor  # noqa: E402
 
 TRAINER = "nnUNetTrainerSourceOnly"
 
@@ -49,38 +51,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def tree_memory_mb(pid: int) -> float:
-    """Memory (MB) of ``pid`` and all its descendants: their proportional set sizes, so pages that
-    forked workers share with their parent count once (:mod:`nnunet_uda.submission`)."""
-    return sum(process_memory(p) for p in tree_pids(process_parents(), pid)) / 2 ** 20
-
-
-class MemorySampler(threading.Thread):
-    """Samples :func:`tree_memory_mb` of this process every ``interval`` seconds until stopped."""
-
-    def __init__(self, interval: float = 0.02):
-        super().__init__(daemon=True)
-        self.interval, self.samples, self._done = interval, [], threading.Event()
-
-    def run(self):
-        while not self._done.is_set():
-            self.samples.append((time.time(), tree_memory_mb(os.getpid())))
-            self._done.wait(self.interval)
-
-    def stop(self) -> list[tuple[float, float]]:
-        self._done.set()
-        self.join()
-        return self.samples
-
-
 def peak(samples, start: float, end: float) -> float:
-    return max((mb for t, mb in samples if start <= t <= end), default=float("nan"))
+    """The largest sample (MB) between two times."""
+    return max((b / 2 ** 20 for t, b in samples if start <= t <= end), default=float("nan"))
 
 
 def plot_memory(samples, phases: dict[str, tuple[float, float]], scored_at: list[float], path: Path) -> None:
     t0 = samples[0][0]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([t - t0 for t, _ in samples], [mb for _, mb in samples], lw=0.8, color="tab:blue")
+    ax.plot([t - t0 for t, _ in samples], [b / 2 ** 20 for _, b in samples], lw=0.8, color="tab:blue")
     ax.set(xlabel="time (s)", ylabel="memory of the process tree, PSS (MB)")
     for name, (start, end) in phases.items():
         ax.axvspan(start - t0, end - t0, alpha=0.08, color="tab:gray")
@@ -101,45 +80,29 @@ def main(argv=None) -> dict:
     run = Runner(env, log=work / "commands.log")
     phantom = PhantomSettings(tuple(args.shape), n_source=8, n_target=args.n_target, n_test=1)
     raw = prepare_phantom(run, args.dataset, phantom, args.folds)
-    for fold in range(args.folds):
-        if not (work / "nnUNet_results" / raw.name / f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres" / f"fold_{fold}"
-                / "checkpoint_final.pth").is_file():
-            run("train", command("nnUNetv2_train"), str(args.dataset), "3d_fullres", str(fold), "-tr", TRAINER,
-                "-p", DEFAULT_PLANS, "-device", "cpu")
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
-                                           "nnUNet_extTrainer", "nnUNet_n_proc_DA", "nnUNet_compile")})
+    train_folds(run, raw, args.dataset, TRAINER, range(args.folds))
+    os.environ.update(env)  # nnU-Net reads its folders from the environment of this process
     from nnunet_uda.cli import pseudolabel
-    from nnunet_uda.pseudolabels import fold_predictions
 
     round_work = work / "round"
-    predicting = {"seconds": 0.0}
-    predict = fold_predictions.predict_folds
-
-    def timed_predict(*a, **k):
-        start = time.time()
-        predict(*a, **k)
-        predicting["seconds"] = time.time() - start
-        predicting["span"] = (start, time.time())
-
-    pseudolabel.predict_folds = timed_predict
-    sampler = MemorySampler()
-    sampler.start()
+    shutil.rmtree(round_work, ignore_errors=True)  # every fold predicts anew: the round reuses what it finds
     start = time.time()
-    pseudolabel.main(["-d", str(args.dataset), "-o", str(args.dataset + 1), "-tr", TRAINER, "-p", DEFAULT_PLANS,
-                      "-f", *map(str, range(args.folds)), "--top", "50", "-work", str(round_work), "-device", "cpu",
-                      "--disable_tta", "--overwrite"])
+    with TreeMonitor(os.getpid(), interval=0.02) as monitor:
+        pseudolabel.main(["-d", str(args.dataset), "-o", str(args.dataset + 1), "-tr", TRAINER, "-p", DEFAULT_PLANS,
+                          "-f", *map(str, range(args.folds)), "--top", "50", "-work", str(round_work),
+                          "-device", "cpu", "--disable_tta", "--overwrite"])
     end = time.time()
-    samples = sampler.stop()
+    samples = monitor.samples
     cases = 2 * args.n_target
-    predicted_until = predicting["span"][1]
+    predicted_until = max(p.stat().st_mtime for p in (round_work / "fold_predictions").rglob("*.nii.gz"))
     scored_at = [p.stat().st_mtime for p in (round_work / "fused").glob("*.nii.gz")]
     first, last = np.quantile(scored_at, [0.1, 0.9])
     figures = {
         "cases": cases, "folds": args.folds, "shape": args.shape,
-        "total_s": end - start, "prediction_s": predicting["seconds"],
-        "outside_prediction_s": end - start - predicting["seconds"],
-        "outside_prediction_share": (end - start - predicting["seconds"]) / (end - start),
-        "prediction_s_per_case_and_fold": predicting["seconds"] / (cases * args.folds),
+        "total_s": end - start, "prediction_s": predicted_until - start,
+        "outside_prediction_s": end - predicted_until,
+        "outside_prediction_share": (end - predicted_until) / (end - start),
+        "prediction_s_per_case_and_fold": (predicted_until - start) / (cases * args.folds),
         "round_s_per_case": (end - predicted_until) / cases,
         "peak_mb_prediction": peak(samples, start, predicted_until),
         "peak_mb_round": peak(samples, predicted_until, end),

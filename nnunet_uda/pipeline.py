@@ -104,8 +104,8 @@ def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: s
     output = Path(output)
     for domain, folder in split_test_set_by_domain(raw_folder, inputs).items():
         run("predict", command("nnUNetv2_predict"), "-i", str(folder), "-o", str(output / domain),
-            "-d", str(dataset_id), "-c", configuration, "-f", *map(str, folds), "-tr", trainer, "-p", plans, "-device", "cpu",
-            "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain})
+            "-d", str(dataset_id), "-c", configuration, "-f", *map(str, folds), "-tr", trainer, "-p", plans,
+            "-device", "cpu", "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain})
     merged = output / "all"
     merged.mkdir(parents=True, exist_ok=True)
     for domain_folder in output.iterdir():
@@ -145,23 +145,33 @@ def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trai
     evaluation, each through its command line; returns the evaluation summary. A finished training
     (``checkpoint_final.pth``) is not repeated, an interrupted one resumes (``--c``), and an
     evaluation newer than every fold's checkpoint is reused, so an interrupted benchmark resumes."""
-    d = str(dataset_id)
-    model = Path(run.env["nnUNet_results"]) / raw.name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres"
     tag = f"{dataset_id}_{trainer}"
     summary = Path(work) / f"evaluation_{tag}" / "summary.json"
-    finals = [model / f"fold_{f}" / "checkpoint_final.pth" for f in folds]
+    finals = [final_checkpoint(run, raw, trainer, f) for f in folds]
     if all(f.is_file() for f in finals) and summary.is_file() and \
             summary.stat().st_mtime > max(f.stat().st_mtime for f in finals):
         return json.loads(summary.read_text())
-    for fold, final in zip(folds, finals):
-        if not final.is_file():
-            resume = ("--c",) if (final.parent / "checkpoint_latest.pth").is_file() else ()
-            run("train", command("nnUNetv2_train"), d, "3d_fullres", str(fold), "-tr", trainer, "-p", DEFAULT_PLANS,
-                "-device", "cpu", *resume)
+    train_folds(run, raw, dataset_id, trainer, folds)
     predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{tag}", work, folds)
     run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"),
-        "-pred", str(predictions), "-d", d, "-o", str(summary.parent))
+        "-pred", str(predictions), "-d", str(dataset_id), "-o", str(summary.parent))
     return json.loads(summary.read_text())
+
+
+def final_checkpoint(run: Runner, raw: Path, trainer: str, fold: int) -> Path:
+    """Where ``nnUNetv2_train`` leaves a fold's final weights (plans and configuration of the plugin)."""
+    return (Path(run.env["nnUNet_results"]) / Path(raw).name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres"
+            / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+def train_folds(run: Runner, raw: Path, dataset_id: int, trainer: str, folds: Sequence[int]) -> None:
+    """``nnUNetv2_train`` of every fold not finished yet; an interrupted one resumes (``--c``)."""
+    for fold in folds:
+        final = final_checkpoint(run, raw, trainer, fold)
+        if not final.is_file():
+            resume = ("--c",) if (final.parent / "checkpoint_latest.pth").is_file() else ()
+            run("train", command("nnUNetv2_train"), str(dataset_id), "3d_fullres", str(fold), "-tr", trainer,
+                "-p", DEFAULT_PLANS, "-device", "cpu", *resume)
 
 
 def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,

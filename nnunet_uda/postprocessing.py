@@ -248,6 +248,12 @@ def load_config(path: str | os.PathLike, organs: Mapping[str, int] | None = None
     return parse_config(config, organs, source=str(path))
 
 
+def named_config(spec: str, dataset_json: Mapping) -> PostprocessingConfig:
+    """The rules ``spec`` names for a dataset: a preset's name (``"flare"``) or a configuration file."""
+    organs = dataset_organs(dataset_json)
+    return preset_config(spec, organs) if spec in PRESETS else load_config(spec, organs)
+
+
 def preset_config(name: str, organs: Mapping[str, int] | None = None) -> PostprocessingConfig:
     """The rules of a preset (``"flare"``), for a dataset's ``organs`` or, without them, its own label values.
 

@@ -62,8 +62,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from nnunet_uda.data.raw import atomic_folder
-from nnunet_uda.postprocessing import (CONFIG_FILE, PRESETS, PostprocessingConfig, PostprocessingError,
-                                       dataset_organs, load_config, preset_config)
+from nnunet_uda.postprocessing import CONFIG_FILE, PostprocessingConfig, PostprocessingError, named_config
 
 FILE_ENDING = ".nii.gz"
 CHANNEL_SUFFIX = "_0000"
@@ -214,8 +213,7 @@ def postprocessing_config(spec: str | None, dataset_json: Mapping) -> Postproces
     if spec is None:
         return None
     try:
-        organs = dataset_organs(dataset_json)
-        return preset_config(spec, organs) if spec in PRESETS else load_config(spec, organs)
+        return named_config(spec, dataset_json)
     except (FileNotFoundError, PostprocessingError) as error:
         raise SubmissionError(f"-postprocess: {error}") from None
 
@@ -309,7 +307,7 @@ def requirements_txt() -> str:
     return f"# pip requirements of nnunet_uda {version}, whose code is in plugin/\n" + "\n".join(kept) + "\n"
 
 
-PREDICT_SH = """#!/usr/bin/env bash
+PREDICT_SH = """#!/bin/sh
 # Challenge inference with the nnU-Net model @MODEL@ (folds @FOLDS@, @CHECKPOINT@),
 # written by nnUNetv2_uda_submission. POSIX sh: the challenge's `sh predict.sh` and `bash predict.sh` both work.
 #
@@ -516,11 +514,13 @@ def parse_compute_apps(text: str) -> dict[int, int]:
 
 
 class TreeMonitor:
-    """Polls the resident memory (and GPU memory) of a process tree in a background thread while in a ``with``."""
+    """Polls the memory (and GPU memory) of a process tree in a background thread while in a ``with``;
+    ``samples`` holds (time, bytes) of every poll, ``peak_ram_bytes`` their maximum."""
 
-    def __init__(self, root: int, interval: float, gpu: bool):
+    def __init__(self, root: int, interval: float, gpu: bool = False):
         self.root, self.interval, self.gpu = root, interval, gpu
         self.peak_ram_bytes, self.peak_gpu_mb = 0, 0
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -540,7 +540,8 @@ class TreeMonitor:
 
     def sample(self) -> None:
         tree = tree_pids(process_parents(), self.root)
-        self.peak_ram_bytes = max(self.peak_ram_bytes, sum(process_memory(pid) for pid in tree))
+        self.samples.append((time.time(), sum(process_memory(pid) for pid in tree)))
+        self.peak_ram_bytes = max(self.peak_ram_bytes, self.samples[-1][1])
         if self.gpu:
             used = gpu_memory_by_pid()
             self.peak_gpu_mb = max(self.peak_gpu_mb, sum(mb for pid, mb in used.items() if pid in tree))

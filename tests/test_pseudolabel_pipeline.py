@@ -3,7 +3,6 @@ round 0 (two real folds), ``nnUNetv2_uda_pseudolabel``, round 1, evaluation
 (``examples/pseudolabel_rounds.py`` in its shortest setting)."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import SimpleITK as sitk
 
 from nnunet_uda.data.raw import load_dataset_json
 from nnunet_uda.domains import DomainTable
+from nnunet_uda.pipeline import nnunet_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = 982
@@ -70,14 +70,10 @@ def test_an_interrupted_round_reuses_the_fold_predictions(pipeline):
     work, _ = pipeline
     folder = work / "pseudolabels_round1" / "fold_predictions" / "fold_0"
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    env = {**os.environ, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_results": str(work / "nnUNet_results"),
-           "nnUNet_preprocessed": str(work / "nnUNet_preprocessed")}
-    from nnunet_uda.cli.trainer_path import trainer_path
-    env["nnUNet_extTrainer"] = trainer_path()
     out = subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_uda_pseudolabel"), "-d", str(DATASET), "-o",
                           str(DATASET + 2), "-tr", "nnUNetTrainerSourceOnly", "-p", "nnUNetResEncUNetMPlans",
                           "-f", "0", "1", "--top", "1", "-work", str(work / "pseudolabels_round1"), "-device", "cpu"],
-                         env=env, capture_output=True, text=True)
+                         env=nnunet_environment(work), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
 

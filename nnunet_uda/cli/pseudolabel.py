@@ -26,8 +26,7 @@ import torch
 
 from nnunet_uda.data.raw import find_raw_dataset, load_dataset_json, raw_root
 from nnunet_uda.domains import DomainTable
-from nnunet_uda.postprocessing import (PRESETS, PostprocessingError, dataset_organs, load_config, postprocess_image,
-                                       preset_config)
+from nnunet_uda.postprocessing import PostprocessingError, named_config, postprocess_image
 from nnunet_uda.pseudolabels.figures import plot_examples, plot_scores
 from nnunet_uda.pseudolabels.fold_predictions import predict_folds
 from nnunet_uda.pseudolabels.rounds import (RoundInputs, report_json, run_selection, write_report,
@@ -75,8 +74,7 @@ def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str
 
 def _postprocessor(spec: str, dataset_json: dict):
     """The post-processing of fused labels: a preset name or a configuration file."""
-    organs = dataset_organs(dataset_json)
-    config = preset_config(spec, organs) if spec in PRESETS else load_config(spec, organs)
+    config = named_config(spec, dataset_json)
     return lambda image: postprocess_image(image, config)
 
 
