@@ -2,8 +2,9 @@
 at the labels themselves.
 
 For a preprocessed AICL dataset and a trained model of the same plans (e.g. the pseudo-label-only
-``nnUNetTrainerUDA`` of ``examples/benchmark_aicl.py``), on batches from ``nnUNetTrainerAICL``'s
-own loader (mixed domains, batch mirroring):
+``nnUNetTrainerUDA`` of ``examples/benchmark_aicl.py``; ``--weights_of none``: the initial weights),
+on batches from ``nnUNetTrainerAICL``'s own loader (twin batches on paired data, else mixed
+domains with batch mirroring):
 
 1. each term of eq. 6 (l_sup, l_supUL, l_csc with and without the fixed source maps, l_fpc) and the
    norm of its gradient over the network's parameters, at the trained weights;
@@ -29,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
+from nnunet_uda.losses.structural_consistency import (contrast_classes, fixed_maps, structural_consistency_loss,
+                                                       twin_pairs)
 from nnunet_uda.pipeline import nnunet_environment
 from nnunet_uda.planning import DEFAULT_PLANS
 
@@ -38,7 +40,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="benchmark_output/aicl", help="the benchmark's working folder")
     parser.add_argument("-d", default="970", help="dataset id")
-    parser.add_argument("--weights_of", default="nnUNetTrainerUDA", help="trainer whose fold-0 final weights to use")
+    parser.add_argument("--weights_of", default="nnUNetTrainerUDA",
+                        help="trainer whose fold-0 final weights to use; 'none': the initial weights")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--csc_temperatures", type=float, nargs="*", default=[0.1, 0.5, 1.0],
                         help="l_csc's InfoNCE temperatures to measure besides eq. 5 as printed")
@@ -49,17 +52,19 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     work = Path(args.work).resolve()
     env = nnunet_environment(work, processes=1)
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
-                                           "nnUNet_extTrainer", "nnUNet_n_proc_DA", "nnUNet_compile")})
+    os.environ.update(env)  # nnU-Net reads its folders from the environment of this process
     from nnunetv2.run.run_training import get_trainer_from_args
 
     trainer = get_trainer_from_args(args.d, "3d_fullres", 0, "nnUNetTrainerAICL", DEFAULT_PLANS,
                                     device=torch.device("cpu"))
     trainer.initialize()
-    weights = (Path(trainer.output_folder).parents[1] / f"{args.weights_of}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
-               / "checkpoint_final.pth")
-    trainer.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["network_weights"])
+    if args.weights_of != "none":
+        weights = (Path(trainer.output_folder).parents[1] / f"{args.weights_of}__{DEFAULT_PLANS}__3d_fullres"
+                   / "fold_0" / "checkpoint_final.pth")
+        trainer.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["network_weights"])
     loader, _ = trainer.get_dataloaders()
+    pairs = twin_pairs(trainer.batch_size, trainer.n_twin_pairs) if trainer.n_twin_pairs else None
+    print(f"{'twin batches' if pairs is not None else 'mixed batches of different subjects'}")
     parameters = list(trainer.network.parameters())
     temperatures = {"eq. 5 as printed": None, **{f"tau {t:g}": t for t in args.csc_temperatures}}
     values, norms, at_labels, at_uniform = {}, {}, {}, {}
@@ -77,8 +82,8 @@ def main(argv=None) -> None:
                       for source in ("ground_truth", "pseudo")}
         maps = fixed_maps(probs, trainer.batch_is_source(domains))
         terms = {"l_sup": supervised["ground_truth"], "l_supUL": supervised["pseudo"],
-                 "l_csc, both sides free": structural_consistency_loss(probs, domains, shown),
-                 **{f"l_csc, target maps, {name}": structural_consistency_loss(maps, domains, shown, t)
+                 "l_csc, both sides free": structural_consistency_loss(probs, domains, shown, pairs=pairs),
+                 **{f"l_csc, target maps, {name}": structural_consistency_loss(maps, domains, shown, t, pairs)
                     for name, t in temperatures.items()},
                  "l_fpc": patch_contrastive_loss(patches.embeddings, patches.present, trainer.temperature)}
         for name, value in terms.items():
@@ -89,8 +94,9 @@ def main(argv=None) -> None:
         onehot = F.one_hot(labels, n_classes + 1)[..., :n_classes].movedim(-1, 1).float()
         uniform = torch.full_like(onehot, 1 / n_classes)
         for name, t in temperatures.items():
-            at_labels.setdefault(name, []).append(float(structural_consistency_loss(onehot, domains, shown, t)))
-            at_uniform.setdefault(name, []).append(float(structural_consistency_loss(uniform, domains, shown, t)))
+            at_labels.setdefault(name, []).append(float(structural_consistency_loss(onehot, domains, shown, t, pairs)))
+            at_uniform.setdefault(name, []).append(float(structural_consistency_loss(uniform, domains, shown, t,
+                                                                                     pairs)))
     print(f"\nAt the weights of {args.weights_of}, {args.batches} training batches (median gradient norm):")
     for name in values:
         print(f"  {name}: loss {statistics.mean(values[name]):.3f}, gradient norm {statistics.median(norms[name]):.3f}")

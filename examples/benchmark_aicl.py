@@ -1,6 +1,7 @@
 """AICL on the phantom: target-domain Dice and HD95 against its baselines, ablations and the ceiling.
 
-The setting follows the paper's (section 3.1): partial labels (CT annotates every organ but the
+The setting follows the paper's (section 3.1): one subject per index in every modality (paired,
+``--unpaired`` for different subjects), partial labels (CT annotates every organ but the
 gallbladder, T1 only the gallbladder, T2 nothing) and initial pseudo labels for every class without
 manual labels, registration-like (``reg``, the paper's REG) or strongly shifted (``sreg``, S-REG).
 Per setting, through nnU-Net's commands:
@@ -14,12 +15,14 @@ Per setting, through nnU-Net's commands:
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
-first with the same ``--epochs``, ``--iterations`` and case counts): the phantom's images do not
-depend on its label options, so the floor's and ceiling's test sets and training images are these.
+first with the same ``--epochs``, ``--iterations``, case counts and ``--paired`` unless
+``--unpaired``): the phantom's images do not depend on its label options, so the floor's and
+ceiling's test sets and training images are these.
 Each method's share of the floor-to-ceiling gap closed is (Dice - floor) / (ceiling - floor), on
 the target domains. The gap file is read once the trainings are done, so both benchmarks can run at
 the same time. Finished trainings are reused, so an interrupted run resumes.
 
+    python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap --paired
     python examples/benchmark_aicl.py --work benchmark_output/aicl --gap benchmark_output/domain_gap/domain_gap.json
 """
 from __future__ import annotations
@@ -47,6 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--gap", required=True, help="domain_gap.json of examples/benchmark_domain_gap.py")
     parser.add_argument("--dataset", type=int, default=970, help="ids DATASET, DATASET+1, ... per setting")
     parser.add_argument("--pseudo", nargs="+", default=["reg", "sreg"], choices=["reg", "sreg"])
+    parser.add_argument("--unpaired", action="store_true", help="different subjects per modality (no twin batches)")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
@@ -84,7 +88,7 @@ def main(argv=None) -> None:
     measured = {}
     for offset, kind in enumerate(args.pseudo):
         dataset_id = args.dataset + offset
-        flags = ("--partial_labels", "--pseudo_labels", kind)
+        flags = ("--partial_labels", "--pseudo_labels", kind, *(() if args.unpaired else ("--paired",)))
         raw = prepare_phantom(run, dataset_id, PhantomSettings(n_source=args.n_source, n_target=args.n_target,
                                                                flags=flags))
         rows = {f"initial pseudo labels ({kind.upper()})": initial_label_quality(raw)}
@@ -101,7 +105,8 @@ def main(argv=None) -> None:
     results = {kind: {floor_name: gap[floor_name], **rows, ceiling_name: gap[ceiling_name]}
                for kind, rows in measured.items()}
     text = [tables(f"{kind.upper()} initial pseudo labels", rows, floor, ceiling) for kind, rows in results.items()]
-    settings = (f"phantom 24x24x24, partial labels, {args.n_source} CT + {args.n_target} per target training cases, "
+    settings = (f"phantom 24x24x24, {'unpaired' if args.unpaired else 'paired'}, partial labels, "
+                f"{args.n_source} CT + {args.n_target} per target training cases, "
                 f"5 test cases per domain; {args.epochs} epochs x {args.iterations} iterations, batch 2, ResEnc M "
                 f"3d_fullres, CPU")
     report = settings + "\n\n" + "\n\n".join(text) + "\n"

@@ -38,6 +38,12 @@ are copied to the preprocessed, results and prediction folders)::
   the domain's annotated classes, registration-propagated ones for the rest. Those classes count as
   labeled for trainers that do not tell the sources apart; AICL supervises them separately
   (l_supUL). Every class of a ``pseudo`` case is a pseudo label.
+- ``subject`` (optional, any case): the person or specimen a case shows. Cases of different
+  domains with one subject are a modality pair, as AICL's registered scans of one subject
+  (``"case_000": {"domain": "CT", "subject": "s000"}``, ``"case_100": {"domain": "T1", "subject":
+  "s000"}``); a subject has at most one training case per domain. A pair's images are expected to
+  be registered (one anatomy in one place); trainers that compare the two modalities' maps
+  (AICL's l_csc) draw them together (:meth:`DomainTable.twin`).
 - ``test_cases``: the cases of ``imagesTs`` (and ``labelsTs`` where held-out labels exist).
 
 The order of ``domains`` fixes the domain indices used by conditional instance normalisation.
@@ -69,6 +75,7 @@ class CaseEntry:
     round: int | None = None
     annotated_labels: tuple[str, ...] | None = None
     pseudo_labels: tuple[str, ...] = ()
+    subject: str | None = None
 
 
 class DomainTable:
@@ -129,6 +136,7 @@ class DomainTable:
         cases = {k: _parse_case(k, v, domains, labels, where, "cases") for k, v in table["cases"].items()}
         test_cases = {k: _parse_case(k, v, domains, labels, where, "test_cases")
                       for k, v in table.get("test_cases", {}).items()}
+        _check_subjects(cases, where)
         return cls(domains, target, cases, test_cases, labels)
 
     def to_json(self) -> dict:
@@ -145,6 +153,8 @@ class DomainTable:
                 out["annotated_labels"] = list(entry.annotated_labels)
             if entry.pseudo_labels:
                 out["pseudo_labels"] = list(entry.pseudo_labels)
+            if entry.subject is not None:
+                out["subject"] = entry.subject
             return out
 
         return {
@@ -223,6 +233,16 @@ class DomainTable:
     def cases_with_labels(self, kind: str) -> list[str]:
         return [k for k, v in self.cases.items() if v.labels == kind]
 
+    def twin(self, case: str, domains: Iterable[str]) -> str | None:
+        """The training case of one of ``domains`` that shows ``case``'s subject, or None (no subject,
+        or none of its cases is of those domains)."""
+        subject = self.entry(case).subject
+        if subject is None:
+            return None
+        wanted = set(domains)
+        return next((k for k, v in self.cases.items() if v.subject == subject and v.domain in wanted
+                     and k != case), None)
+
 
 def foreground_labels(dataset_json: Mapping, where: str) -> dict[str, int]:
     """Foreground label names to values, without background and the ignore label; ``where`` names
@@ -272,4 +292,21 @@ def _parse_case(case: str, spec, domains: Mapping[str, Domain], labels: Mapping[
         if label in (domains[domain].annotated_labels if annotated is None else annotated):
             raise DomainTableError(f"{where}: case \"{case}\" lists \"{label}\" in \"pseudo_labels\", but it is "
                                    f"also annotated by hand there; a class has one source per case")
-    return CaseEntry(domain, kind, spec.get("round"), annotated, pseudo)
+    subject = spec.get("subject")
+    if subject is not None and (not isinstance(subject, str) or not subject):
+        raise DomainTableError(f"{where}: case \"{case}\" has subject {subject!r}; a subject is a non-empty "
+                               f"string naming the person or specimen, e.g. \"s000\"")
+    return CaseEntry(domain, kind, spec.get("round"), annotated, pseudo, subject)
+
+
+def _check_subjects(cases: Mapping[str, CaseEntry], where: str) -> None:
+    """A subject has at most one training case per domain (its modality pair must be unambiguous)."""
+    seen: dict[tuple[str, str], str] = {}
+    for case, entry in cases.items():
+        if entry.subject is None:
+            continue
+        other = seen.setdefault((entry.subject, entry.domain), case)
+        if other != case:
+            raise DomainTableError(f"{where}: subject \"{entry.subject}\" has two {entry.domain} training cases, "
+                                   f"\"{other}\" and \"{case}\"; a subject has one case per domain: give one of "
+                                   f"them another subject")

@@ -25,10 +25,11 @@ def unet_kind(request):
     return request.param
 
 
-def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), iterations: int = 2) -> dict:
+def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), iterations: int = 2,
+                       resume: bool = True) -> dict:
     """The real commands on a 20^3 phantom: phantom, planning, ``nnUNetv2_train`` for one epoch, a
-    second epoch through ``--c``, ``nnUNetv2_predict`` of every domain's test set. Returns the paths
-    and the checkpoint written after the first epoch."""
+    second epoch through ``--c`` (unless not ``resume``), ``nnUNetv2_predict`` of every domain's test
+    set. Returns the paths and the checkpoint written after the first epoch."""
     from nnunet_uda.data.raw import dataset_folder_name
     from nnunet_uda.pipeline import Runner, command, nnunet_environment, predict_test_sets
     from nnunet_uda.planning import DEFAULT_PLANS
@@ -43,7 +44,8 @@ def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), itera
     run("train", *train)
     results = work / "nnUNet_results" / name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
     first = torch.load(results / "checkpoint_final.pth", weights_only=False)
-    run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
+    if resume:
+        run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
     raw = work / "nnUNet_raw" / name
     predictions = predict_test_sets(run, raw, dataset, trainer, work / "predictions", work)
     return dict(run=run, work=work, raw=raw, results=results, first=first, predictions=predictions,

@@ -1,6 +1,7 @@
 """nnUNetTrainerAICL: schedules, gradient paths, and a real nnU-Net run (train, resume, predict)."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -64,9 +65,10 @@ TRAINER = "nnUNetTrainerAICL_ColdStart"
 
 @pytest.fixture(scope="module")
 def aicl_run(tmp_path_factory):
-    """Partial labels with registration-like pseudo labels for the rest, as in AICL's setting."""
+    """Partial labels with registration-like pseudo labels for the rest, on modality pairs of one
+    subject, as in AICL's setting."""
     paths = train_tiny_phantom(tmp_path_factory.mktemp("aicl"), DATASET, TRAINER, (
-        "--n_source", "4", "--n_target", "2", "--partial_labels", "--pseudo_labels", "reg"), iterations=3)
+        "--n_source", "4", "--n_target", "2", "--partial_labels", "--pseudo_labels", "reg", "--paired"), iterations=3)
     embeddings = paths["work"] / "embeddings.png"
     paths["run"]("embeddings", command("nnUNetv2_uda_embeddings"), "-d", str(DATASET), "-tr", TRAINER, "-n", "2",
                  "-o", str(embeddings))
@@ -91,7 +93,9 @@ def test_every_aicl_term_is_trained_logged_and_resumed(aicl_run):
     # cold start: the ramps move from the first iteration (t = i / 3 epochs)
     assert logged["lambda_fpc"][1] > logged["lambda_fpc"][0] > 0 and logged["lambda_supUL"][1] < 1
     assert (aicl_run["results"] / "progress.png").is_file()
-    assert "Epoch 1" in (aicl_run["work"] / "log.txt").read_text().split("--c")[-1]
+    log = (aicl_run["work"] / "log.txt").read_text()
+    assert "Epoch 1" in log.split("--c")[-1]
+    assert re.search(r"twin batches: [1-4] target cases with their source twin", log)
     assert aicl_run["first"]["current_epoch"] == 1 and aicl_run["first"]["uda_state"]["counters"]["iterations"] == 3
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
 from nnunet_uda.losses.structural_consistency import (contrast_classes, fixed_maps, predicted_classes,
-                                                       structural_consistency_loss)
+                                                       structural_consistency_loss, twin_pairs)
 
 
 def cosine(a, b):
@@ -75,9 +75,9 @@ def test_fpc_gradient_reaches_present_patches_only():
     assert embeddings.grad[present].abs().sum(1).min() > 0
 
 
-def loop_csc(probs, domains, present, temperature=None, eps=1e-6):
+def loop_csc(probs, domains, present, temperature=None, eps=1e-6, pairs=None):
     """-E over ordered cross-domain pairs of sum_k log[phi(Y^k_a, Y^k_b) / sum_j phi(Y^k_a, Y^j_b)];
-    with a temperature, every phi becomes exp(phi / temperature)."""
+    with a temperature, every phi becomes exp(phi / temperature); ``pairs``: only those (a, b)."""
     def score(x, y):
         return cosine(x, y) if temperature is None else math.exp(cosine(x, y) / temperature)
 
@@ -85,7 +85,7 @@ def loop_csc(probs, domains, present, temperature=None, eps=1e-6):
     pair_losses = []
     for a in range(b):
         for c in range(b):
-            if domains[a] == domains[c]:
+            if domains[a] == domains[c] or (pairs is not None and (a, c) not in pairs):
                 continue
             organs = [o for o in range(k) if present[a, o] and present[c, o]]
             if not organs:
@@ -109,6 +109,35 @@ def test_csc_matches_the_loop_transcription(seed, temperature):
     present = torch.rand(4, 3, generator=g) > 0.2
     loss = structural_consistency_loss(probs, domains, present, temperature)
     assert math.isclose(float(loss), loop_csc(probs, domains, present, temperature), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_csc_over_twin_pairs_matches_the_loop_transcription(temperature):
+    """A twin batch of 5: samples 0 and 1 are paired with 3 and 4, sample 2 (unpaired) is left out."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(2 * torch.randn(5, 4, 5, 6, 7, generator=g), 1)
+    domains = torch.tensor([1, 2, 0, 0, 0])
+    present = torch.rand(5, 3, generator=g) > 0.2
+    pairs = twin_pairs(5, 2)
+    assert {tuple(x) for x in pairs.nonzero().tolist()} == {(0, 3), (3, 0), (1, 4), (4, 1)}
+    loss = structural_consistency_loss(probs, domains, present, temperature, pairs)
+    expected = loop_csc(probs, domains, present, temperature, pairs={(0, 3), (3, 0), (1, 4), (4, 1)})
+    assert math.isclose(float(loss), expected, rel_tol=1e-4)
+    assert not math.isclose(expected, loop_csc(probs, domains, present, temperature), rel_tol=1e-3)
+
+
+def test_paired_anatomy_scores_below_uniform_maps_in_the_printed_form():
+    """One subject in two modalities (the same organ layout): eq. 5 as printed ranks its true maps
+    far below uniform maps, the premise of AICL's registered pairs; two subjects, unpaired, do not
+    (the test below)."""
+    labels = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    labels[:, :4] = 1
+    labels[:, 4:6, 1:3, 1:3] = 2
+    onehot = F.one_hot(labels, 3).movedim(-1, 1).float()
+    uniform = torch.full_like(onehot, 1 / 3)
+    domains, present, pairs = torch.tensor([1, 0]), torch.ones(2, 2, dtype=torch.bool), twin_pairs(2, 1)
+    paired, flat = (structural_consistency_loss(p, domains, present, pairs=pairs).item() for p in (onehot, uniform))
+    assert paired < 1e-4 and math.isclose(flat, 2 * math.log(2), rel_tol=1e-4)
 
 
 def test_unpaired_anatomy_scores_below_uniform_maps_only_in_the_infonce_form():

@@ -64,11 +64,26 @@ def test_label_sources():
     (lambda d: d["uda"]["cases"]["ct0"].update(pseudo_labels=["liver"]), "\"liver\" in \"pseudo_labels\", .* also"),
     (lambda d: d["uda"]["cases"]["ct0"].update(pseudo_labels=["lung"]), "\"lung\" in \"pseudo_labels\", .* not a"),
     (lambda d: d["uda"]["cases"]["t2_0"].update(pseudo_labels=["liver"]), "only ground_truth cases mix"),
+    (lambda d: d["uda"]["cases"]["t2_0"].update(subject=3), "subject 3; a subject is a non-empty string"),
+    (lambda d: [d["uda"]["cases"][c].update(subject="s1") for c in ("ct0", "ct1")],
+     "subject \"s1\" has two CT training cases, \"ct0\" and \"ct1\""),
 ])
 def test_bad_tables_name_the_problem_and_the_fix(mutate, message):
     with pytest.raises(DomainTableError, match=message) as info:
         table(mutate)
     assert "ds/dataset.json" in str(info.value)
+
+
+def test_subjects_pair_the_modalities_of_one_subject():
+    def pair(d):
+        for case in ("ct0", "t1_0", "t2_0"):
+            d["uda"]["cases"][case]["subject"] = "s0"
+        d["uda"]["cases"]["t1_1"]["subject"] = "s1"
+    t = table(pair)
+    assert t.twin("t1_0", t.source) == "ct0" and t.twin("t2_0", ["CT"]) == "ct0" and t.twin("ct0", ["T2"]) == "t2_0"
+    assert t.twin("t1_1", t.source) is None and t.twin("t1_2", t.source) is None  # no CT case of s1; no subject
+    assert t.to_json()["cases"]["t1_0"]["subject"] == "s0"
+    assert DomainTable.from_dataset_json({"labels": BASE["labels"], "uda": t.to_json()}).twin("t1_0", ["CT"]) == "ct0"
 
 
 def test_unknown_case_and_domain():

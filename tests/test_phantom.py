@@ -208,6 +208,25 @@ def test_fully_labeled_twin_has_the_same_images(base, tmp_path):
         assert np.array_equal(labels[name], reference), name
 
 
+def test_paired_targets_show_the_anatomy_of_their_ct_case(base, tmp_path):
+    """T1 case i has CT case i's labels (same grid); T2 case i its labels on the T2 grid's slices;
+    the CT cases and every image's own acquisition change nothing else; each case names its subject."""
+    folder = make(tmp_path, paired=True, pseudo_labels="reg")
+    uda, references = table(folder), arrays(folder, "labelsTr_reference")
+    base_references = arrays(base, "labelsTr_reference")
+    ct = {i: load(folder / "labelsTr" / f"ph_CT_{i:03d}.nii.gz")[0] for i in range(2)}
+    for i in range(2):
+        assert {uda.cases[f"ph_{d}_{i:03d}"].subject for d in ("CT", "T1", "T2")} == {f"subject_{i:03d}"}
+        assert uda.twin(f"ph_T1_{i:03d}", ["CT"]) == f"ph_CT_{i:03d}" == uda.twin(f"ph_T2_{i:03d}", ["CT"])
+        assert np.array_equal(references[f"ph_T1_{i:03d}.nii.gz"], ct[i])
+        t2 = references[f"ph_T2_{i:03d}.nii.gz"]
+        assert mean_dice(ct[i][1::2][:len(t2)], t2) > 0.8
+        assert mean_dice(base_references[f"ph_T1_{i:03d}.nii.gz"], ct[i]) < 0.7  # unpaired: another subject
+    assert uda.twin("ph_CT_000", ["T1"]) == "ph_T1_000" and all(e.subject is None for e in uda.test_cases.values())
+    assert np.array_equal(arrays(base, "imagesTr", "ph_CT_*")["ph_CT_000_0000.nii.gz"],
+                          load(folder / "imagesTr" / "ph_CT_000_0000.nii.gz")[0])
+
+
 def test_semi_supervised_variant(base, tmp_path):
     folder = make(tmp_path, semi_supervised=0.5, n_source=4)
     uda, labels = table(folder), arrays(folder, "labelsTr")
@@ -260,6 +279,8 @@ def test_cli_writes_the_dataset_and_refuses_to_overwrite(tmp_path, monkeypatch, 
     (["--fully_labeled", "--partial_labels"], "cannot be combined"),
     (["--semi_supervised", "0.5", "--partial_labels"], "cannot be combined"),
     (["--name", "bad name"], "name must be"),
+    (["--paired", "--n_source", "2", "--n_target", "3"], "must not exceed n_source"),
+    (["--paired", "--semi_supervised", "0.5"], "cannot be combined with semi_supervised"),
 ])
 def test_cli_rejects_invalid_options_without_writing(tmp_path, monkeypatch, argv, message):
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))

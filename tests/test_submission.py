@@ -133,7 +133,7 @@ def model(tmp_path_factory):
     """A tiny nnUNetTrainerUDA model (fold 0), its submission with the flare post-processing, and a run of it
     on the T1 and the T2 test image."""
     paths = train_tiny_phantom(tmp_path_factory.mktemp("submission"), DATASET, TRAINER,
-                               ("--n_source", "5", "--n_target", "1"), iterations=1)
+                               ("--n_source", "5", "--n_target", "1"), iterations=1, resume=False)
     work, run = paths["work"], paths["run"]
     submission = work / "submission"
     run("submission", command("nnUNetv2_uda_submission"), "-d", str(DATASET), "-tr", TRAINER, "-f", "0",

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="semi-supervised variant: CT only, this fraction of the training cases labeled")
     parser.add_argument("--fully_labeled", action="store_true",
                         help="fully labeled twin: target training cases carry their true labels (same images)")
+    parser.add_argument("--paired", action="store_true",
+                        help="paired modalities: target training case i shows the anatomy of CT training case i "
+                             "(one subject per index, named in the domain table), as AICL's registered pairs")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of this id and name")
     return parser
 
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             args.dataset_id, name=args.name, shape=tuple(args.shape), n_source=args.n_source,
             n_target=args.n_target, n_test=args.n_test, seed=args.seed, partial_labels=args.partial_labels,
             pseudo_labels=args.pseudo_labels, semi_supervised=args.semi_supervised,
-            fully_labeled=args.fully_labeled, overwrite=args.overwrite, output_root=_output_root(),
+            fully_labeled=args.fully_labeled, paired=args.paired, overwrite=args.overwrite, output_root=_output_root(),
             progress=True)
     except (PhantomOptionsError, FileExistsError) as error:
         raise SystemExit(f"nnUNetv2_uda_phantom: {error}") from None

@@ -1,11 +1,15 @@
-"""Batch composition: nnU-Net's data loader drawing fixed shares of each batch from case pools."""
+"""Batch composition: nnU-Net's data loader drawing fixed shares of each batch from case pools, or
+drawing modality pairs of one subject cropped and augmented together."""
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from threadpoolctl import threadpool_limits
 
 
 def split_batch(batch_size: int, share: float) -> tuple[int, int]:
@@ -56,3 +60,111 @@ class MixedBatchDataLoader(nnUNetDataLoader):
             batch["target"] = ([torch.flip(t, dims) for t in targets] if isinstance(targets, list)
                                else torch.flip(targets, dims))
         return batch
+
+
+#: a pair whose preprocessed shapes differ by more than this share on an axis is reported once
+TWIN_SHAPE_TOLERANCE = 0.1
+
+
+class TwinBatchDataLoader(nnUNetDataLoader):
+    """nnU-Net's loader whose batches hold modality pairs: ``n_pairs = batch_size // 2`` cases drawn
+    from ``twins`` (case -> the same subject's case of the other modality), each with its twin,
+    cropped at one place and augmented by one draw of nnU-Net's transforms, so the two show one
+    anatomy in one frame, as AICL's registered modality pairs (section 2.3). An odd batch size
+    leaves one sample in the middle, drawn from ``extra`` cases as nnU-Net would.
+
+    Layout: ``[cases of twins (n_pairs) | extra | their twins (n_pairs)]``; sample i and sample
+    ``batch_size - n_pairs + i`` are a pair. The twins come last, where nnU-Net forces foreground:
+    the crop is chosen on the twin (its class locations) and taken from both.
+
+    The pair travels through the transforms as one two-channel image with a two-channel label map:
+    spatial transforms and mirroring move both alike, intensity transforms draw per channel, as
+    nnU-Net does for the channels of one case. Preprocessing resamples both to the plans' spacing;
+    they are aligned by the centres of their preprocessed volumes (registered scans of one field of
+    view crop alike), and a pair whose shapes differ by more than :data:`TWIN_SHAPE_TOLERANCE` on an
+    axis is reported once.
+    """
+
+    def __init__(self, data, batch_size: int, patch_size, final_patch_size, label_manager,
+                 twins: Mapping[str, str], extra: Sequence[str] = (), **kwargs):
+        super().__init__(data, batch_size, patch_size, final_patch_size, label_manager, **kwargs)
+        self.twins = dict(twins)
+        self.extra = list(extra)
+        self.n_pairs = batch_size // 2
+        if not self.twins or self.n_pairs == 0:
+            raise ValueError(f"twin batches need at least one pair and a batch size of 2 or more "
+                             f"(got {len(self.twins)} pairs, batch size {batch_size})")
+        if batch_size % 2 and not self.extra:
+            raise ValueError(f"batch size {batch_size} is odd: its middle sample needs extra cases")
+        missing = (set(self.twins) | set(self.twins.values()) | set(self.extra)) - set(data.identifiers)
+        if missing:
+            raise ValueError(f"twin batch cases missing from the dataset: {sorted(missing)[:5]}")
+        self._reported: set[str] = set()
+
+    def get_indices(self):
+        first = list(np.random.choice(list(self.twins), self.n_pairs, replace=True))
+        middle = list(np.random.choice(self.extra, self.batch_size - 2 * self.n_pairs)) if self.extra else []
+        return first + middle + [self.twins[k] for k in first]
+
+    def generate_train_batch(self) -> dict:
+        keys = self.get_indices()
+        b, n = self.batch_size, self.n_pairs
+        data_all, seg_all = None, None
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            for j in range(b - n):
+                if j < n:  # channels: the case's, then its twin's; one label channel each
+                    data, seg = self._pair(keys[j], keys[b - n + j], self.get_do_oversample(b - n + j))
+                    c = data.shape[0] // 2
+                    slots = (slice(0, c), slice(0, 1), j), (slice(c, 2 * c), slice(1, 2), b - n + j)
+                else:
+                    data, seg = self._single(keys[j], self.get_do_oversample(j))
+                    c = data.shape[0]
+                    slots = ((slice(None), slice(None), j),)
+                if data_all is None:
+                    data_all = torch.empty((b, c, *data.shape[1:]), dtype=torch.float32)
+                    seg_all = [torch.empty((b, 1, *s.shape[1:]), dtype=s.dtype) for s in seg]
+                for channels, label_channel, slot in slots:
+                    data_all[slot] = data[channels]
+                    for target, s in zip(seg_all, seg):
+                        target[slot] = s[label_channel]
+        return {"data": data_all, "target": seg_all if len(seg_all) > 1 else seg_all[0], "keys": keys}
+
+    def _pair(self, case: str, twin: str, force_fg: bool):
+        """Both cases cropped where the twin's crop falls, as one two-channel sample, transformed."""
+        data, seg, _, _ = self._data.load_case(case)
+        twin_data, twin_seg, _, properties = self._data.load_case(twin)
+        shape, twin_shape = np.array(data.shape[1:]), np.array(twin_data.shape[1:])
+        self._check_shapes(case, twin, shape, twin_shape)
+        offset = (twin_shape - shape) // 2  # a twin voxel v is voxel v - offset of the case
+        bbox = [[lo, hi] for lo, hi in zip(*self.get_bbox(twin_shape, force_fg, properties["class_locations"]))]
+        case_bbox = [[lo - o, hi - o] for (lo, hi), o in zip(bbox, offset)]
+        image = torch.cat([self._crop_image(data, case_bbox), self._crop_image(twin_data, bbox)])
+        labels = torch.cat([self._crop_seg(seg, case_bbox), self._crop_seg(twin_seg, bbox)])
+        return self._transform(image, labels)
+
+    def _single(self, case: str, force_fg: bool):
+        data, seg, _, properties = self._data.load_case(case)
+        bbox = [[lo, hi] for lo, hi in zip(*self.get_bbox(data.shape[1:], force_fg, properties["class_locations"]))]
+        return self._transform(self._crop_image(data, bbox), self._crop_seg(seg, bbox))
+
+    @staticmethod
+    def _crop_image(data, bbox) -> torch.Tensor:
+        return torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()
+
+    @staticmethod
+    def _crop_seg(seg, bbox) -> torch.Tensor:
+        return torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)
+
+    def _transform(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.transforms is not None:
+            out = self.transforms(image=image, segmentation=labels)
+            image, labels = out["image"], out["segmentation"]
+        return image, labels if isinstance(labels, list) else [labels]
+
+    def _check_shapes(self, case: str, twin: str, shape: np.ndarray, twin_shape: np.ndarray) -> None:
+        if case in self._reported or np.all(np.abs(shape - twin_shape) <= TWIN_SHAPE_TOLERANCE * twin_shape):
+            return
+        self._reported.add(case)
+        warnings.warn(f"twin cases {case} {tuple(shape)} and {twin} {tuple(twin_shape)} differ in preprocessed "
+                      f"shape by more than {TWIN_SHAPE_TOLERANCE:.0%}: they are aligned by their centres; register "
+                      f"the pair to one field of view for AICL's structural consistency")

@@ -6,9 +6,10 @@ Y^k_m is the image-scale soft prediction (softmax probability map) of organ k fo
 modality m and phi the cosine similarity of two maps, so for every organ the same organ's map in
 the other modality is the positive and the other organs' maps are the negatives. The expectation
 runs over every ordered pair of samples of different domains in the batch (both directions, as the
-fraction normalises over the second sample's organs). The paper's orbital and cardiac inputs are
-registered pairs; nnU-Net batches pair patches of different cases, whose organ layouts agree only
-roughly, so the loss asks organ maps to overlap their counterpart more than any other organ. Organs
+fraction normalises over the second sample's organs), or over the pairs a batch names: the paper's
+orbital and cardiac inputs are registered scans of one subject, and twin batches give one subject's
+two modalities cropped and augmented together (:func:`twin_pairs`). Without pairs, nnU-Net's
+batches hold patches of different cases, whose organ layouts agree only roughly. Organs
 k and j range over the organs each sample shows (k in both, j in the second): an organ outside a
 patch is no anatomical structure to contrast. Which organs a sample shows comes from its labels,
 hand-drawn or pseudo (:func:`contrast_classes`), and from the prediction only for classes it has no
@@ -50,11 +51,14 @@ def fixed_maps(probs: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
 
 
 def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
-                                temperature: float | None = None, eps: float = 1e-6) -> torch.Tensor:
+                                temperature: float | None = None, pairs: torch.Tensor | None = None,
+                                eps: float = 1e-6) -> torch.Tensor:
     """l_csc (eq. 5). ``probs`` (B, K + 1, *s) softmax with background first; ``domains`` (B,)
     domain indices; ``present`` (B, K) bool organs to contrast (:func:`contrast_classes`).
     ``temperature`` None scores phi itself, as eq. 5 prints it; a number tau scores exp(phi / tau),
-    the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4."""
+    the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4.
+    ``pairs`` (B, B) bool: the ordered sample pairs (m1, m2) to compare, e.g. the two modalities of one
+    subject (:func:`twin_pairs`); default every pair of different domains."""
     maps = F.normalize(probs[:, 1:].float().flatten(2), dim=2)  # (B, K, V)
     b, k = present.shape
     phi = (maps.flatten(0, 1) @ maps.flatten(0, 1).T).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)
@@ -65,8 +69,21 @@ def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, pres
     else:
         logits = (phi / temperature).masked_fill(~present[None, :, None, :], -1e4)  # exp(-1e4) is 0, finitely
         terms = torch.logsumexp(logits, 3) - positive / temperature
-    organs = present[:, None, :] & present[None, :, :] & (domains[:, None] != domains[None, :])[..., None]
-    pairs = organs.any(2)
-    if not pairs.any():
+    if pairs is None:
+        pairs = domains[:, None] != domains[None, :]
+    organs = present[:, None, :] & present[None, :, :] & (pairs & (domains[:, None] != domains[None, :]))[..., None]
+    compared = organs.any(2)
+    if not compared.any():
         return probs.sum() * 0.0
-    return (terms * organs).sum() / pairs.sum()
+    return (terms * organs).sum() / compared.sum()
+
+
+def twin_pairs(batch_size: int, n_pairs: int, device=None) -> torch.Tensor:
+    """(B, B) bool pairs of a twin batch (:class:`~nnunet_uda.data.loader.TwinBatchDataLoader`): sample
+    i < ``n_pairs`` and sample B - n_pairs + i are one subject's two modalities, in both orders."""
+    pairs = torch.zeros((batch_size, batch_size), dtype=torch.bool, device=device)
+    first = torch.arange(n_pairs, device=device)
+    second = first + batch_size - n_pairs
+    pairs[first, second] = True
+    pairs[second, first] = True
+    return pairs

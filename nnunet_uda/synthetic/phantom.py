@@ -334,6 +334,7 @@ class PhantomOptions:
     pseudo_labels: str | None = None
     semi_supervised: float | None = None
     fully_labeled: bool = False
+    paired: bool = False
 
     def __post_init__(self):
         problem = next(iter(self._problems()), None)
@@ -360,6 +361,11 @@ class PhantomOptions:
             yield "fully_labeled cannot be combined with partial_labels or pseudo_labels"
         if self.semi_supervised is not None:
             yield from self._semi_supervised_problems()
+        if self.paired and self.semi_supervised is not None:
+            yield "paired needs target domains and cannot be combined with semi_supervised"
+        elif self.paired and _is_int(self.n_target) and _is_int(self.n_source) and self.n_target > self.n_source:
+            yield (f"paired gives every target training case the anatomy of the CT case of its index: n_target "
+                   f"{self.n_target} must not exceed n_source {self.n_source}")
 
     def _semi_supervised_problems(self) -> Iterable[str]:
         fraction = self.semi_supervised
@@ -385,6 +391,10 @@ class PhantomOptions:
         if self.semi_supervised is None:
             return self.n_source
         return int(round(self.semi_supervised * self.n_source))
+
+    def subject(self, plan: "CasePlan") -> str | None:
+        """The subject of a training case of a paired dataset: case i of every domain shows subject i."""
+        return f"subject_{plan.index:03d}" if self.paired and plan.split == "train" else None
 
     def annotated(self, domain: str) -> tuple[str, ...]:
         """Classes annotated in ``domain``'s ground-truth training label files."""
@@ -441,6 +451,8 @@ def domain_table(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
     for plan in plans:
         if plan.split == "train":
             entry = {"domain": plan.domain, "labels": plan.labels}
+            if options.subject(plan):
+                entry["subject"] = options.subject(plan)
             if plan.pseudo:
                 entry["pseudo_labels"] = list(plan.pseudo)
             if plan.labels == "pseudo" or plan.pseudo:
@@ -469,7 +481,8 @@ def dataset_json(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
         "phantom": {"seed": options.seed, "shape": list(options.shape),
                     "spacing": {d: list(acquisition_grid(d, options.shape).spacing) for d in options.domains},
                     "partial_labels": options.partial_labels, "pseudo_labels": options.pseudo_labels,
-                    "semi_supervised": options.semi_supervised, "fully_labeled": options.fully_labeled},
+                    "semi_supervised": options.semi_supervised, "fully_labeled": options.fully_labeled,
+                    "paired": options.paired},
     }
     DomainTable.from_dataset_json(content)
     return content
@@ -527,10 +540,12 @@ def case_rng(seed: int, domain: str, index: int, split: str, stream: int = 0) ->
 
 
 def synthesize_case(seed: int, domain: str, index: int, split: str,
-                    shape: Sequence[int] = DEFAULT_SHAPE) -> PhantomCase:
-    """Generate one case of ``domain`` on its acquisition grid for the CT ``shape``."""
+                    shape: Sequence[int] = DEFAULT_SHAPE, anatomy_of: str | None = None) -> PhantomCase:
+    """Generate one case of ``domain`` on its acquisition grid for the CT ``shape``. ``anatomy_of``:
+    the domain whose case of the same index and split lends its anatomy (one subject scanned in two
+    modalities, the body in the same place); the acquisition stays this case's own."""
     rng = case_rng(seed, domain, index, split)
-    anatomy = sample_anatomy(rng)
+    anatomy = sample_anatomy(rng if anatomy_of is None else case_rng(seed, anatomy_of, index, split))
     grid = acquisition_grid(domain, shape)
     axes = normalized_axes(grid.render_shape, grid.render_spacing, shape)
     label, tissue = render(anatomy, axes)
@@ -785,7 +800,8 @@ def write_volume(array: np.ndarray, path: Path, spacing: Sequence[float], origin
 
 def write_case(folder: Path, plan: CasePlan, options: PhantomOptions) -> PhantomCase:
     """Generate and write one case (image, label file, reference labels where needed)."""
-    case = synthesize_case(options.seed, plan.domain, plan.index, plan.split, options.shape)
+    anatomy_of = SOURCE_DOMAIN if options.subject(plan) and plan.domain != SOURCE_DOMAIN else None
+    case = synthesize_case(options.seed, plan.domain, plan.index, plan.split, options.shape, anatomy_of)
     images, labels = ("imagesTr", "labelsTr") if plan.split == "train" else ("imagesTs", "labelsTs")
     geometry = (case.spacing, case.origin)
     write_volume(case.image, folder / images / f"{plan.case_id}_0000{FILE_ENDING}", *geometry)
@@ -826,7 +842,7 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
                              shape: Sequence[int] = DEFAULT_SHAPE, n_source: int = 16, n_target: int = 16,
                              n_test: int = 5, seed: int = 0, partial_labels: bool = False,
                              pseudo_labels: str | None = None, semi_supervised: float | None = None,
-                             fully_labeled: bool = False, overwrite: bool = False,
+                             fully_labeled: bool = False, paired: bool = False, overwrite: bool = False,
                              output_root: str | Path | None = None, progress: bool = False) -> Path:
     """Write the phantom benchmark as ``<output_root>/DatasetXXX_<name>`` and return its path.
 
@@ -839,12 +855,14 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
     labels win where both are drawn), as in AICL's setting.
     ``semi_supervised`` (fraction in (0, 1)): CT only, with round(fraction * n_source) labeled
     training cases. ``fully_labeled``: every training case carries its true labels (the images
-    equal those of the dataset without it). ``output_root`` defaults to ``$nnUNet_raw``; the
+    equal those of the dataset without it). ``paired``: target training case i shows the anatomy of
+    CT training case i (the same subject in each modality, as AICL's registered modality pairs), and
+    the domain table names each training case's ``subject``. ``output_root`` defaults to ``$nnUNet_raw``; the
     dataset appears only when complete, and an existing one is replaced only with ``overwrite``.
     Raises :class:`PhantomOptionsError` for invalid options, before anything is written.
     """
     options = PhantomOptions(dataset_id, name, tuple(shape), n_source, n_target, n_test, seed,
-                             partial_labels, pseudo_labels, semi_supervised, fully_labeled)
+                             partial_labels, pseudo_labels, semi_supervised, fully_labeled, paired)
     root = Path(output_root) if output_root is not None else raw_root()
     final = root / dataset_folder_name(dataset_id, name)
     _check_id_unused(root, dataset_id, final)

@@ -3,7 +3,10 @@
 What it adds to nnU-Net's trainer, and nothing more:
 
 - batches that mix domains: a ``target_share`` of every batch comes from target-domain training
-  cases, the rest from source-domain cases (placed last, where nnU-Net forces foreground);
+  cases, the rest from source-domain cases (placed last, where nnU-Net forces foreground); or,
+  with ``twin_batches``, modality pairs of one subject (the domain table's ``subject``), each
+  target case with its source twin, cropped and augmented together
+  (:class:`~nnunet_uda.data.loader.TwinBatchDataLoader`);
 - a domain-conditioned network (nnU-Net's U-Net with conditional instance norm in the encoder,
   :class:`~nnunet_uda.nn.network.DomainConditionedUNet`); each sample is normalised with its
   own domain's parameters;
@@ -42,7 +45,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch._dynamo import OptimizedModule
 
-from nnunet_uda.data.loader import MixedBatchDataLoader, split_batch
+from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, split_batch
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.losses.partial_labels import PartialLabelLoss
 from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet
@@ -74,6 +77,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
     #: mirror each training batch as a whole (one draw per batch) instead of per sample, for losses
     #: that compare the spatial maps of different samples (:class:`MixedBatchDataLoader`)
     batch_mirroring: bool = False
+    #: batches of modality pairs (target case and its source twin): True requires them, None uses
+    #: them where the domain table pairs target and source cases, False never
+    twin_batches: bool | None = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -90,6 +96,7 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         self._epoch_scalars: dict[str, list[float]] = defaultdict(list)
         self.extra_state: dict[str, object] = {}
         self.counters = Counters(iterations=0)
+        self.n_twin_pairs = 0  # modality pairs per training batch (get_dataloaders)
         self.register_state("counters", self.counters)
         apply_brief_settings(self)
 
@@ -159,9 +166,8 @@ class nnUNetTrainerUDA(nnUNetTrainer):
 
     def batch_pools(self, training_cases) -> list[tuple[list[str], int]]:
         """(case ids, samples per batch) pools of a training batch: target first, source last."""
-        training = set(training_cases)
-        target = [c for c in self.domain_table.cases_of(self.domain_table.target) if c in training]
-        source = [c for c in self.domain_table.cases_of(self.domain_table.source) if c in training]
+        target = self.training_cases_of(self.domain_table.target, training_cases)
+        source = self.training_cases_of(self.domain_table.source, training_cases)
         n_target, n_source = split_batch(self.batch_size, self.target_share)
         if not target or not source:
             only = target or source
@@ -169,6 +175,25 @@ class nnUNetTrainerUDA(nnUNetTrainer):
                                    f"every batch is drawn from the {len(only)} others")
             return [(only, self.batch_size)]
         return [(target, n_target), (source, n_source)]
+
+    def training_cases_of(self, domains, training_cases) -> list[str]:
+        """The cases of ``domains`` among ``training_cases``, in domain table order."""
+        training = set(training_cases)
+        return [c for c in self.domain_table.cases_of(domains) if c in training]
+
+    def batch_twins(self, training_cases) -> dict[str, str]:
+        """Target training cases whose source twin (same subject) is a training case too, with it."""
+        table = self.domain_table
+        pairs = {c: table.twin(c, table.source) for c in self.training_cases_of(table.target, training_cases)}
+        twins = {c: t for c, t in pairs.items() if t in set(training_cases)}
+        if self.twin_batches and not twins:
+            raise RuntimeError(f"{self.__class__.__name__} needs modality pairs, but no target training case of fold "
+                               f"{self.fold} has a source case of the same subject in the training split; give "
+                               f"the cases of one subject the same \"subject\" in the domain table")
+        if twins:
+            self.print_to_log_file(f"twin batches: {len(twins)} target cases with their source twin; "
+                                   f"{len(pairs) - len(twins)} target training cases without one are not drawn")
+        return twins
 
     def _to_device(self, batch: dict):
         data = batch["data"].to(self.device, non_blocking=True)
@@ -209,18 +234,27 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         labels = dict(foreground_labels=self.label_manager.foreground_labels,
                       regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
                       ignore_label=self.label_manager.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        twins = self.batch_twins(dataset_tr.identifiers) if self.twin_batches is not False else {}
+        # a pair is mirrored together by nnU-Net's per-sample transform; unpaired batches may mirror as a whole
+        batch_mirroring = self.batch_mirroring and not twins
         tr_transforms = self.get_training_transforms(
-            patch_size, rotation, scales, None if self.batch_mirroring else mirror_axes, dummy_2d,
+            patch_size, rotation, scales, None if batch_mirroring else mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded, **labels)
         val_transforms = self.get_validation_transforms(scales, is_cascaded=self.is_cascaded, **labels)
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         common = dict(oversample_foreground_percent=self.oversample_foreground_percent,
-                      probabilistic_oversampling=self.probabilistic_oversampling)
-        dl_tr = MixedBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, self.label_manager,
-                                     self.batch_pools(dataset_tr.identifiers), transforms=tr_transforms,
-                                     batch_mirror_axes=mirror_axes if self.batch_mirroring else None, **common)
-        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
-                                  transforms=val_transforms, **common)
+                      probabilistic_oversampling=self.probabilistic_oversampling, transforms=tr_transforms)
+        if twins:
+            source = self.training_cases_of(self.domain_table.source, dataset_tr.identifiers)
+            dl_tr = TwinBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, self.label_manager,
+                                        twins, source, **common)
+        else:
+            dl_tr = MixedBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
+                                         self.label_manager, self.batch_pools(dataset_tr.identifiers),
+                                         batch_mirror_axes=mirror_axes if batch_mirroring else None, **common)
+        self.n_twin_pairs = dl_tr.n_pairs if twins else 0
+        common["transforms"] = val_transforms
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager, **common)
         processes = get_allowed_n_proc_DA()
         if processes == 0:
             generators = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
