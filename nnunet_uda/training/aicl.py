@@ -57,9 +57,9 @@ Why pairs, measured: the paper's data are two modalities of the same subjects (o
 cardiac bSSFP/LGE), and its REG pseudo labels are registered from one modality to the other of the
 same subject, so Y_m1 and Y_m2 of eq. 5 show one anatomy. A batch of different subjects does not.
 On the phantom's unpaired REG dataset (16 real training batches, ``examples/aicl_loss_scales.py``)
-the one-hot labels score 19.1 under the printed eq. 5 against
-10.3 for uniform maps, so minimising it moves predictions away from the anatomy; the InfoNCE form
-ranks the labels below uniform maps (7.9 at tau 0.1), yet trained it falls to 0.2, far below the
+the one-hot labels score 21.6 under the printed eq. 5 against
+10.6 for uniform maps, so minimising it moves predictions away from the anatomy; the InfoNCE form
+ranks the labels below uniform maps (8.8 at tau 0.1), yet trained it falls to 0.2, far below the
 labels, with soft atlas-like target maps (cosine ignores their amplitude) that lose every argmax:
 validation pseudo Dice stays under 0.1 through epoch 38 while the ablation without l_csc and l_fpc
 reaches 0.87. And after the ramps lambda_supUL is 0, so the organs a modality has no manual labels
