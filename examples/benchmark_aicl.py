@@ -51,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", type=int, default=970, help="ids DATASET, DATASET+1, ... per setting")
     parser.add_argument("--pseudo", nargs="+", default=["reg", "sreg"], choices=["reg", "sreg"])
     parser.add_argument("--unpaired", action="store_true", help="different subjects per modality (no twin batches)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS.values()), default=list(METHODS.values()),
+                        help="the trainers to run (default: all)")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
@@ -93,7 +95,8 @@ def main(argv=None) -> None:
                                                                flags=flags))
         rows = {f"initial pseudo labels ({kind.upper()})": initial_label_quality(raw)}
         for name, trainer in METHODS.items():
-            rows[name] = train_and_evaluate(run, work, raw, dataset_id, trainer)["mean"]
+            if trainer in args.methods:
+                rows[name] = train_and_evaluate(run, work, raw, dataset_id, trainer)["mean"]
         measured[kind] = rows
     gap_file = Path(args.gap)
     if not gap_file.is_file():

@@ -17,6 +17,9 @@ Every step is a real command:
    of the selected and the rejected pseudo labels, the share of the selected cases that are among
    the ``--top`` truly best (precision), and the rank correlation of score and true Dice.
 
+The selection is scored twice: as the round ran (``--absent_agreement``) and with eq. 8's other
+convention for organs all folds miss, from the same fold predictions.
+
 Writes ``rounds.json``, ``rounds.md`` and ``selection.png`` (score against true Dice per target
 modality) to ``--work``; the round's own report (``report.json``, ``scores.png``, ``examples.png``)
 is in ``--work/pseudolabels_round1``. Finished trainings and predictions are reused.
@@ -42,6 +45,8 @@ from nnunet_uda.evaluation.report import evaluate_folder  # noqa: E402
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, nnunet_environment,  # noqa: E402
                                  prepare_phantom, train_and_evaluate)
 from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
+from nnunet_uda.pseudolabels.rounds import RoundInputs, score_case  # noqa: E402
+from nnunet_uda.pseudolabels.selection import SelectionRule, select_cases  # noqa: E402
 
 TARGETS = ("T1", "T2")
 ROUND_TRAINER = "nnUNetTrainerSelfTraining"
@@ -54,6 +59,9 @@ def parse_args(argv=None):
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--top", type=int, default=8, help="pseudo-labeled cases selected per target modality")
     parser.add_argument("--round0_trainer", default="nnUNetTrainerSourceOnly")
+    parser.add_argument("--absent_agreement", type=float, default=1.0, choices=[0.0, 1.0],
+                        help="eq. 8's score for folds that both miss an organ (nnUNetv2_uda_pseudolabel); the "
+                             "selection is also scored with the other value, from the same fold predictions")
     parser.add_argument("--shape", type=int, nargs=3, default=[24, 24, 24])
     parser.add_argument("--n_test", type=int, default=5, help="test cases per domain")
     add_run_arguments(parser, epochs=80, iterations=25)
@@ -64,41 +72,57 @@ def target_means(summary: dict) -> dict[str, dict[str, float]]:
     return {d: {m: summary["mean"][d]["average"][m] for m in ("dice", "nsd", "hd95")} for d in TARGETS}
 
 
-def pseudolabel_round(run: Runner, dataset_id: int, trainer: str, folds: list[int], top: int, work: Path) -> Path:
+def pseudolabel_round(run: Runner, dataset_id: int, trainer: str, folds: list[int], top: int, work: Path,
+                      absent_agreement: float) -> Path:
     """``nnUNetv2_uda_pseudolabel`` from round 0's model to dataset ``dataset_id + 1``."""
     run("pseudo-label", command("nnUNetv2_uda_pseudolabel"), "-d", str(dataset_id), "-o", str(dataset_id + 1),
         "-tr", trainer, "-p", DEFAULT_PLANS, "-f", *map(str, folds), "--top", str(top), "-work", str(work),
-        "-device", "cpu", "--overwrite")
+        "--absent_agreement", str(absent_agreement), "-device", "cpu", "--overwrite")
     return work
 
 
-def selection_quality(raw: Path, round_work: Path, top: int) -> dict:
-    """The fused pseudo labels of every candidate against the phantom's true labels."""
-    report = json.loads((round_work / "report.json").read_text())
+def true_fused_dice(raw: Path, round_work: Path, cases) -> dict[str, float]:
+    """Mean organ Dice of every candidate's fused pseudo label against the phantom's true labels."""
     dataset_json = load_dataset_json(raw)
     references = round_work / "true_labels"
     references.mkdir(exist_ok=True)
-    for case in report["cases"]:
+    for case in cases:
         link = references / f"{case}{dataset_json['file_ending']}"
         if not link.exists():
             os.symlink((raw / "labelsTr_reference" / link.name).resolve(), link)
     truth = evaluate_folder(references, round_work / "fused", dataset_json, num_processes=1)
-    true_dice = {c["case"]: float(np.mean([m["dice"] for m in c["metrics"].values()])) for c in truth["cases"]}
+    return {c["case"]: float(np.mean([m["dice"] for m in c["metrics"].values()])) for c in truth["cases"]}
+
+
+def rescored(raw: Path, round_work: Path, folds: list[int], absent_agreement: float, top: int) -> dict:
+    """The round's candidates scored again from its fold predictions with another ``absent_agreement``
+    and selected by the same rule, in the report's form."""
+    inputs = RoundInputs(raw, load_dataset_json(raw), round_work / "fold_predictions", folds, absent_agreement)
+    scores = {c: score_case(inputs, c)[0] for c in inputs.candidates()}
+    chosen = select_cases({c: s.score for c, s in scores.items()}, {c: s.domain for c, s in scores.items()},
+                          SelectionRule(top=top))
+    return {c: {"domain": s.domain, "score": s.score, "selected": chosen[c]} for c, s in scores.items()}
+
+
+def selection_quality(candidates: dict, true_dice: dict[str, float], top: int) -> dict:
+    """Per target modality: the true Dice of the selected and the rejected fused labels, the share of
+    the selected among the ``top`` truly best (precision), and the rank correlation of score and
+    true Dice; ``candidates`` as the report's ``cases``."""
     quality = {}
     for domain in TARGETS:
-        cases = [c for c, r in report["cases"].items() if r["domain"] == domain]
-        selected = [c for c in cases if report["cases"][c]["selected"]]
-        rejected = [c for c in cases if not report["cases"][c]["selected"]]
+        cases = [c for c, r in candidates.items() if r["domain"] == domain]
+        selected = [c for c in cases if candidates[c]["selected"]]
+        rejected = [c for c in cases if not candidates[c]["selected"]]
         truly_best = set(sorted(cases, key=lambda c: -true_dice[c])[:top])
-        rho = spearmanr([report["cases"][c]["score"] for c in cases], [true_dice[c] for c in cases])[0]
+        rho = spearmanr([candidates[c]["score"] for c in cases], [true_dice[c] for c in cases])[0]
         quality[domain] = {
             "candidates": len(cases), "selected": len(selected),
             "true_dice_selected": float(np.mean([true_dice[c] for c in selected])) if selected else None,
             "true_dice_rejected": float(np.mean([true_dice[c] for c in rejected])) if rejected else None,
             "precision": len(truly_best & set(selected)) / len(selected) if selected else None,
             "spearman": None if np.isnan(rho) else float(rho),
-            "cases": {c: {"score": report["cases"][c]["score"], "true_dice": true_dice[c],
-                          "selected": report["cases"][c]["selected"]} for c in cases}}
+            "cases": {c: {"score": candidates[c]["score"], "true_dice": true_dice[c],
+                          "selected": candidates[c]["selected"]} for c in cases}}
     return quality
 
 
@@ -117,7 +141,7 @@ def plot_selection(quality: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(rounds: dict, quality: dict, settings: str) -> str:
+def markdown(rounds: dict, qualities: dict[str, dict], settings: str) -> str:
     lines = [f"Self-training on the phantom ({settings})", "",
              "| round | trainer | " + " | ".join(f"{d} Dice | {d} NSD" for d in TARGETS) + " | target mean Dice |",
              "|" + "---|" * (3 + 2 * len(TARGETS))]
@@ -125,13 +149,16 @@ def markdown(rounds: dict, quality: dict, settings: str) -> str:
         cells = " | ".join(f"{r['targets'][d]['dice']:.3f} | {r['targets'][d]['nsd']:.3f}" for d in TARGETS)
         mean = np.mean([r["targets"][d]["dice"] for d in TARGETS])
         lines.append(f"| {name} | {r['trainer']} | {cells} | {mean:.3f} |")
-    lines += ["", "| modality | selected / candidates | true Dice selected | true Dice rejected | precision | "
-              "Spearman (score, true Dice) |", "|---|---|---|---|---|---|"]
-    for domain, q in quality.items():
-        def fmt(x):
-            return "n/a" if x is None else f"{x:.3f}"
-        lines.append(f"| {domain} | {q['selected']} / {q['candidates']} | {fmt(q['true_dice_selected'])} | "
-                     f"{fmt(q['true_dice_rejected'])} | {fmt(q['precision'])} | {fmt(q['spearman'])} |")
+    lines += ["", "| eq. 8 absent agreement | modality | selected / candidates | true Dice selected | "
+              "true Dice rejected | precision | Spearman (score, true Dice) |", "|---|---|---|---|---|---|---|"]
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+    for convention, quality in qualities.items():
+        for domain, q in quality.items():
+            lines.append(f"| {convention} | {domain} | {q['selected']} / {q['candidates']} | "
+                         f"{fmt(q['true_dice_selected'])} | {fmt(q['true_dice_rejected'])} | {fmt(q['precision'])} | "
+                         f"{fmt(q['spearman'])} |")
     return "\n".join(lines)
 
 
@@ -145,7 +172,8 @@ def main(argv=None) -> dict:
     raw0 = prepare_phantom(run, args.dataset, phantom, args.folds)
     rounds = {"round 0": {"trainer": args.round0_trainer, "dataset": args.dataset,
                           "summary": train_and_evaluate(run, work, raw0, args.dataset, args.round0_trainer, folds)}}
-    round_work = pseudolabel_round(run, args.dataset, args.round0_trainer, folds, args.top, work / "pseudolabels_round1")
+    round_work = pseudolabel_round(run, args.dataset, args.round0_trainer, folds, args.top,
+                                   work / "pseudolabels_round1", args.absent_agreement)
     d1 = args.dataset + 1
     raw1 = Path(run.env["nnUNet_raw"]) / dataset_folder_name(d1, "UDAPhantomRound1")
     run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(d1), "-bs", "2",
@@ -154,13 +182,19 @@ def main(argv=None) -> dict:
                          "summary": train_and_evaluate(run, work, raw1, d1, ROUND_TRAINER, folds)}
     for r in rounds.values():
         r["targets"] = target_means(r.pop("summary"))
-    quality = selection_quality(raw0, round_work, args.top)
+    report = json.loads((round_work / "report.json").read_text())
+    true_dice = true_fused_dice(raw0, round_work, report["cases"])
+    other = 1.0 - args.absent_agreement
+    qualities = {f"{args.absent_agreement:g} (round 1)": selection_quality(report["cases"], true_dice, args.top),
+                 f"{other:g}": selection_quality(rescored(raw0, round_work, folds, other, args.top), true_dice,
+                                                 args.top)}
+    quality = qualities[f"{args.absent_agreement:g} (round 1)"]
     settings = (f"{'x'.join(map(str, args.shape))} voxels, {args.n_source} CT + {args.n_target} unlabeled cases per "
                 f"target modality, {args.folds} folds x {args.epochs} epochs x {args.iterations} iterations, top "
                 f"{args.top} per modality, CPU")
-    results = {"settings": settings, "rounds": rounds, "selection": quality, "timings_s": run.timings}
+    results = {"settings": settings, "rounds": rounds, "selection": qualities, "timings_s": run.timings}
     (work / "rounds.json").write_text(json.dumps(results, indent=2))
-    table = markdown(rounds, quality, settings)
+    table = markdown(rounds, qualities, settings)
     (work / "rounds.md").write_text(table + "\n")
     plot_selection(quality, work / "selection.png")
     print("\n" + table)

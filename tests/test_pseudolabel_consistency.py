@@ -31,6 +31,13 @@ def test_consistency_matches_eq8(folds):
     assert class_consistency(labels, [5])[0] == 1.0
 
 
+def test_absent_agreement_scores_folds_that_all_miss_a_class():
+    labels = np.zeros((3, 4, 4), int)
+    labels[0, :2] = 1  # one fold of three finds class 1; none finds class 2
+    assert class_consistency(labels, [1, 2]) == pytest.approx([1 / 3, 1.0])
+    assert class_consistency(labels, [1, 2], absent_agreement=0.0) == pytest.approx([0.0, 0.0])
+
+
 def test_consistency_extremes():
     identical = np.stack([np.arange(24).reshape(2, 3, 4) % 3] * 5)
     np.testing.assert_array_equal(class_consistency(identical, [0, 1, 2]), [1, 1, 1])

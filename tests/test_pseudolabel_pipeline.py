@@ -84,8 +84,10 @@ def test_both_rounds_are_evaluated_and_selection_is_scored(pipeline):
     for r in results["rounds"].values():
         for domain in ("T1", "T2"):
             assert 0 <= r["targets"][domain]["dice"] <= 1
-    for q in results["selection"].values():
-        assert q["selected"] == 1 and q["candidates"] == 3
-        assert 0 <= q["true_dice_selected"] <= 1 and q["precision"] in (0.0, 1.0)
+    assert set(results["selection"]) == {"1 (round 1)", "0"}  # as run, and rescored with absent agreement 0
+    for quality in results["selection"].values():
+        for q in quality.values():
+            assert q["selected"] == 1 and q["candidates"] == 3
+            assert 0 <= q["true_dice_selected"] <= 1 and q["precision"] in (0.0, 1.0)
     assert (work / "selection.png").stat().st_size > 0
     assert "round 1" in (work / "rounds.md").read_text()

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--top", type=int, help="cases per target modality (the paper: 50; default)")
     rule.add_argument("--fraction", type=float, help="share of each modality's cases, in (0, 1]")
     rule.add_argument("--threshold", type=float, help="keep every case whose score is at least this")
+    parser.add_argument("--absent_agreement", type=float, default=1.0, choices=[0.0, 1.0],
+                        help="eq. 8's score for two folds that both leave an organ out: 1 (default, absence agrees) "
+                             "or 0 (every organ belongs in every case: agreeing on a missed organ is no agreement)")
     parser.add_argument("-postprocess", default=None, help="post-processing of the fused labels: a config JSON of "
                                                            "nnUNetv2_uda_postprocess or 'flare'")
     parser.add_argument("-work", default=None, help="folder for fold predictions, fused labels and the report "
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     round_number = args.round if args.round is not None else 1 + max(
         (e.round for e in table.cases.values() if e.round is not None), default=0)
     work = Path(args.work) if args.work else model / f"pseudolabels_round{round_number}"
-    inputs = RoundInputs(raw, dataset_json, work / "fold_predictions", folds)
+    inputs = RoundInputs(raw, dataset_json, work / "fold_predictions", folds, args.absent_agreement)
     candidates = inputs.candidates()
     if not candidates:
         raise SystemExit(f"{PROG}: {raw} has no unlabeled target cases (\"labels\": \"none\" in a target domain)")
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   round_number, raw_root(), args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         raise SystemExit(f"{PROG}: {error}") from None
-    report = report_json(scores, rule, round_number)
+    report = {**report_json(scores, rule, round_number), "absent_agreement": inputs.absent_agreement}
     write_report(report, work / "report.json")
     plot_scores(scores, work / "scores.png")
     plot_examples(scores, lambda c: inputs.channel_files(c)[0], lambda c: work / "fused" / f"{c}{inputs.file_ending}",

@@ -49,6 +49,8 @@ class RoundInputs:
     dataset_json: dict
     predictions: Path
     folds: list[int | str]
+    #: eq. 8's score for two folds that both leave an organ out (:mod:`~nnunet_uda.pseudolabels.consistency`)
+    absent_agreement: float = 1.0
     table: DomainTable = field(init=False)
 
     def __post_init__(self):
@@ -89,7 +91,7 @@ def score_case(inputs: RoundInputs, case: str) -> tuple[CaseScore, sitk.Image]:
             probabilities = npz["probabilities"].astype(np.float32)
         probability_sum = probabilities if probability_sum is None else probability_sum + probabilities
     organs = inputs.organs
-    scores = class_consistency(np.stack(segmentations), list(organs.values()))
+    scores = class_consistency(np.stack(segmentations), list(organs.values()), inputs.absent_agreement)
     fused = sitk.GetImageFromArray(fused_label(probability_sum))
     fused.CopyInformation(reference)
     organ_scores = {name: float(s) for name, s in zip(organs, scores)}
