@@ -22,7 +22,10 @@ Schedules (section 3.2), with t the training progress in epochs (fractional, per
 lambda_supUL = 1 - r(t), lambda_csc = r(t), lambda_fpc = 0.5 r(t), r(t) = min(1, max(0, (t - 10) / T)),
 T = 20. The paper counts its own epochs; here t counts nnU-Net epochs (250 iterations each by
 default) one for one, so the warm-up lasts 10 nnU-Net epochs and the ramps end at epoch 30. Every
-weight and schedule constant is a class attribute a variant can change.
+weight and schedule constant is a class attribute a variant can change. Brief runs with shorter
+epochs (``nnUNet_uda_iterations``) shorten the warm-up with them: at 25 iterations per epoch it is
+250 iterations, measured too few on the phantom for the network to learn more than the liver before
+l_csc ramps in (README, AICL effectiveness).
 
 Adaptations to nnU-Net, stated:
 
