@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import (contrast_classes, fixed_maps, structural_consistency_loss,
-                                                       twin_pairs)
+from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
 from nnunet_uda.pipeline import nnunet_environment
 from nnunet_uda.planning import DEFAULT_PLANS
 
@@ -63,7 +62,7 @@ def main(argv=None) -> None:
                    / "fold_0" / "checkpoint_final.pth")
         trainer.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["network_weights"])
     loader, _ = trainer.get_dataloaders()
-    pairs = twin_pairs(trainer.batch_size, trainer.n_twin_pairs) if trainer.n_twin_pairs else None
+    pairs = trainer.batch_twin_pairs(trainer.batch_size)
     print(f"{'twin batches' if pairs is not None else 'mixed batches of different subjects'}")
     parameters = list(trainer.network.parameters())
     temperatures = {"eq. 5 as printed": None, **{f"tau {t:g}": t for t in args.csc_temperatures}}

@@ -69,9 +69,9 @@ def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, pres
     else:
         logits = (phi / temperature).masked_fill(~present[None, :, None, :], -1e4)  # exp(-1e4) is 0, finitely
         terms = torch.logsumexp(logits, 3) - positive / temperature
-    if pairs is None:
-        pairs = domains[:, None] != domains[None, :]
-    organs = present[:, None, :] & present[None, :, :] & (pairs & (domains[:, None] != domains[None, :]))[..., None]
+    cross = domains[:, None] != domains[None, :]
+    pairs = cross if pairs is None else pairs & cross
+    organs = present[:, None, :] & present[None, :, :] & pairs[..., None]
     compared = organs.any(2)
     if not compared.any():
         return probs.sum() * 0.0

@@ -77,8 +77,7 @@ from __future__ import annotations
 import torch
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import (contrast_classes, fixed_maps, structural_consistency_loss,
-                                                       twin_pairs)
+from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
 from nnunet_uda.nn.organ_patches import OrganPatchSampler
 from nnunet_uda.organ_extents import contrast_stage, pgps_patch_size, planned_pgps
 from nnunet_uda.planning import PLANS_KEY
@@ -163,8 +162,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
         if weights["csc"] > 0:
             shown = contrast_classes(target[0], self.batch_annotations(keys), probs.detach())
             maps = fixed_maps(probs, self.batch_is_source(domains)) if self.csc_fixed_source else probs
-            pairs = twin_pairs(len(keys), self.n_twin_pairs, self.device) if self.n_twin_pairs else None
-            losses["csc"] = structural_consistency_loss(maps, domains, shown, self.csc_temperature, pairs)
+            losses["csc"] = structural_consistency_loss(maps, domains, shown, self.csc_temperature,
+                                                        self.batch_twin_pairs(len(keys)))
         if weights["fpc"] > 0:
             patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
             losses["fpc"] = patch_contrastive_loss(patches.embeddings, patches.present, self.temperature)

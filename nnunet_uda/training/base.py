@@ -48,6 +48,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, split_batch
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.losses.partial_labels import PartialLabelLoss
+from nnunet_uda.losses.structural_consistency import twin_pairs
 from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet
 from nnunet_uda.planning import PLANS_KEY
 from nnunet_uda.training.brief import apply_brief_settings
@@ -183,9 +184,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
 
     def batch_twins(self, training_cases) -> dict[str, str]:
         """Target training cases whose source twin (same subject) is a training case too, with it."""
-        table = self.domain_table
-        pairs = {c: table.twin(c, table.source) for c in self.training_cases_of(table.target, training_cases)}
-        twins = {c: t for c, t in pairs.items() if t in set(training_cases)}
+        table, training = self.domain_table, set(training_cases)
+        pairs = {c: table.twin(c, table.source) for c in self.training_cases_of(table.target, training)}
+        twins = {c: t for c, t in pairs.items() if t in training}
         if self.twin_batches and not twins:
             raise RuntimeError(f"{self.__class__.__name__} needs modality pairs, but no target training case of fold "
                                f"{self.fold} has a source case of the same subject in the training split; give "
@@ -194,6 +195,10 @@ class nnUNetTrainerUDA(nnUNetTrainer):
             self.print_to_log_file(f"twin batches: {len(twins)} target cases with their source twin; "
                                    f"{len(pairs) - len(twins)} target training cases without one are not drawn")
         return twins
+
+    def batch_twin_pairs(self, batch_size: int) -> torch.Tensor | None:
+        """(B, B) bool: the modality pairs of a twin batch (:func:`twin_pairs`); None for mixed batches."""
+        return twin_pairs(batch_size, self.n_twin_pairs, self.device) if self.n_twin_pairs else None
 
     def _to_device(self, batch: dict):
         data = batch["data"].to(self.device, non_blocking=True)
@@ -243,18 +248,19 @@ class nnUNetTrainerUDA(nnUNetTrainer):
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded, **labels)
         val_transforms = self.get_validation_transforms(scales, is_cascaded=self.is_cascaded, **labels)
         common = dict(oversample_foreground_percent=self.oversample_foreground_percent,
-                      probabilistic_oversampling=self.probabilistic_oversampling, transforms=tr_transforms)
+                      probabilistic_oversampling=self.probabilistic_oversampling)
         if twins:
             source = self.training_cases_of(self.domain_table.source, dataset_tr.identifiers)
             dl_tr = TwinBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, self.label_manager,
-                                        twins, source, **common)
+                                        twins, source, transforms=tr_transforms, **common)
         else:
             dl_tr = MixedBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
                                          self.label_manager, self.batch_pools(dataset_tr.identifiers),
+                                         transforms=tr_transforms,
                                          batch_mirror_axes=mirror_axes if batch_mirroring else None, **common)
         self.n_twin_pairs = dl_tr.n_pairs if twins else 0
-        common["transforms"] = val_transforms
-        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager, **common)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
+                                  transforms=val_transforms, **common)
         processes = get_allowed_n_proc_DA()
         if processes == 0:
             generators = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
