@@ -10,9 +10,12 @@ domains with batch mirroring):
    norm of its gradient over the network's parameters, at the trained weights;
 2. l_csc of the one-hot labels (hand-drawn and initial pseudo labels) as if they were the
    prediction, against its value for uniform maps: where the labels score higher, eq. 5 rewards
-   moving predictions away from the anatomy.
+   moving predictions away from the anatomy; and for the labels with the target samples' organs
+   at a fifth of their amplitude (a faint copy, every argmax lost to the background): where it
+   scores as the labels do, l_csc does not hold the target's amplitude.
 
-Both for eq. 5 as printed and for its InfoNCE form at each ``--csc_temperatures`` value.
+Both for eq. 5 as printed and for its InfoNCE form at each ``--csc_temperatures`` value, with the
+cosine as phi, and with the soft Dice (``nnUNetTrainerAICL_DiceCSC``) at ``--dice_temperatures``.
 
     python examples/aicl_loss_scales.py --work benchmark_output/aicl -d 970 --weights_of nnUNetTrainerUDA
 
@@ -44,6 +47,8 @@ def parse_args(argv=None):
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--csc_temperatures", type=float, nargs="*", default=[0.1, 0.5, 1.0],
                         help="l_csc's InfoNCE temperatures to measure besides eq. 5 as printed")
+    parser.add_argument("--dice_temperatures", type=float, nargs="*", default=[0.1],
+                        help="InfoNCE temperatures of l_csc with the soft Dice as phi")
     return parser.parse_args(argv)
 
 
@@ -65,8 +70,9 @@ def main(argv=None) -> None:
     pairs = trainer.batch_twin_pairs(trainer.batch_size)
     print(f"{'twin batches' if pairs is not None else 'mixed batches of different subjects'}")
     parameters = list(trainer.network.parameters())
-    temperatures = {"eq. 5 as printed": None, **{f"tau {t:g}": t for t in args.csc_temperatures}}
-    values, norms, at_labels, at_uniform = {}, {}, {}, {}
+    forms = {"eq. 5 as printed": (None, "cosine"), **{f"tau {t:g}": (t, "cosine") for t in args.csc_temperatures},
+             **{f"soft Dice phi, tau {t:g}": (t, "dice") for t in args.dice_temperatures}}
+    values, norms, at_labels, at_uniform, at_faint = {}, {}, {}, {}, {}
     n_classes = trainer.label_manager.num_segmentation_heads
     for _ in range(args.batches):
         batch = next(loader)
@@ -82,8 +88,8 @@ def main(argv=None) -> None:
         maps = fixed_maps(probs, trainer.batch_is_source(domains))
         terms = {"l_sup": supervised["ground_truth"], "l_supUL": supervised["pseudo"],
                  "l_csc, both sides free": structural_consistency_loss(probs, domains, shown, pairs=pairs),
-                 **{f"l_csc, target maps, {name}": structural_consistency_loss(maps, domains, shown, t, pairs)
-                    for name, t in temperatures.items()},
+                 **{f"l_csc, target maps, {name}": structural_consistency_loss(maps, domains, shown, t, pairs, phi)
+                    for name, (t, phi) in forms.items()},
                  "l_fpc": patch_contrastive_loss(patches.embeddings, patches.present, trainer.temperature)}
         for name, value in terms.items():
             grads = torch.autograd.grad(value, parameters, retain_graph=True, allow_unused=True)
@@ -92,17 +98,21 @@ def main(argv=None) -> None:
         labels = target[0][:, 0].long().clamp(max=n_classes)  # the ignore label becomes an extra, dropped column
         onehot = F.one_hot(labels, n_classes + 1)[..., :n_classes].movedim(-1, 1).float()
         uniform = torch.full_like(onehot, 1 / n_classes)
-        for name, t in temperatures.items():
-            at_labels.setdefault(name, []).append(float(structural_consistency_loss(onehot, domains, shown, t, pairs)))
-            at_uniform.setdefault(name, []).append(float(structural_consistency_loss(uniform, domains, shown, t,
-                                                                                     pairs)))
+        faint, target = onehot.clone(), ~trainer.batch_is_source(domains)
+        faint[target, 1:] *= 0.2  # the organs' lost fifths go to the background
+        faint[target, 0] += 0.8 * onehot[target, 1:].sum(1)
+        for name, (t, phi) in forms.items():
+            for store, maps in ((at_labels, onehot), (at_uniform, uniform), (at_faint, faint)):
+                store.setdefault(name, []).append(float(structural_consistency_loss(maps, domains, shown, t, pairs,
+                                                                                    phi)))
     print(f"\nAt the weights of {args.weights_of}, {args.batches} training batches (median gradient norm):")
     for name in values:
         print(f"  {name}: loss {statistics.mean(values[name]):.3f}, gradient norm {statistics.median(norms[name]):.3f}")
-    print("l_csc of the one-hot labels against uniform maps (mean over batches; labels below uniform: the "
-          "anatomy is the better minimiser):")
-    for name in temperatures:
-        print(f"  {name}: labels {statistics.mean(at_labels[name]):.2f}, uniform {statistics.mean(at_uniform[name]):.2f}")
+    print("l_csc of the one-hot labels against uniform maps and a faint target copy (mean over batches; labels "
+          "below uniform: the anatomy is the better minimiser; faint copy at the labels' value: amplitude is free):")
+    for name in forms:
+        print(f"  {name}: labels {statistics.mean(at_labels[name]):.3f}, uniform {statistics.mean(at_uniform[name]):.3f}"
+              f", faint target copy {statistics.mean(at_faint[name]):.3f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Per setting, through nnU-Net's commands:
   labels alike: the paper's CIN-seg);
 - AICL without l_fpc and l_csc: ``nnUNetTrainerAICL_noFPC_noCSC``;
 - AICL: ``nnUNetTrainerAICL``;
-- AICL with l_csc in its InfoNCE form: ``nnUNetTrainerAICL_InfoNCECSC``.
+- AICL with l_csc in its InfoNCE form: ``nnUNetTrainerAICL_InfoNCECSC``;
+- AICL with l_csc in its InfoNCE form and the amplitude-aware soft Dice as phi:
+  ``nnUNetTrainerAICL_DiceCSC``.
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
@@ -40,7 +42,8 @@ from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnu
 METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL w/o l_fpc, l_csc": "nnUNetTrainerAICL_noFPC_noCSC",
            "AICL, l_csc in InfoNCE form": "nnUNetTrainerAICL_InfoNCECSC",
-           "AICL": "nnUNetTrainerAICL"}
+           "AICL": "nnUNetTrainerAICL",
+           "AICL, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_DiceCSC"}
 TARGETS = ("T1", "T2")
 
 

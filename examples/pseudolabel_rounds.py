@@ -4,9 +4,13 @@ round 1, evaluation.
 Every step is a real command:
 
 1. the phantom (labeled CT; unlabeled T1 and T2 training cases; a test set per domain), planned
-   with ``--folds`` domain-aware folds;
+   with ``--folds`` domain-aware folds; or, with ``--semi_supervised FRACTION``, CT alone with that
+   fraction of its training cases labeled and the rest the target;
 2. round 0: every fold of ``--round0_trainer`` (default ``nnUNetTrainerSourceOnly``, nnU-Net on the
-   labeled CT; the paper's round 0 is nnU-Net trained on CT translated into each MRI sequence);
+   labeled CT, or ``nnUNetTrainerSelfTraining`` on the labeled cases when semi-supervised). The
+   paper's round 0 is nnU-Net trained on CT translated into each MRI sequence; a round 0 on CT
+   alone sees almost nothing of the MRI and cannot stand in for it, so the semi-supervised setting
+   is the one here whose round 0 sees its target;
 3. ``nnUNetv2_uda_pseudolabel``: each fold predicts every unlabeled target case, the cases are
    ranked per modality by fold consistency (eq. 8), the ``--top`` best get their fused labels
    (eq. 9) in a new dataset;
@@ -25,6 +29,8 @@ modality) to ``--work``; the round's own report (``report.json``, ``scores.png``
 is in ``--work/pseudolabels_round1``. Finished trainings and predictions are reused.
 
     python examples/pseudolabel_rounds.py --work benchmark_output/rounds
+    python examples/pseudolabel_rounds.py --work benchmark_output/rounds_semi --semi_supervised 0.25 \
+        --n_source 24 --top 9
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from nnunet_uda.data.raw import dataset_folder_name, load_dataset_json  # noqa: E402
+from nnunet_uda.domains import DomainTable  # noqa: E402
 from nnunet_uda.evaluation.report import evaluate_folder  # noqa: E402
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, nnunet_environment,  # noqa: E402
                                  prepare_phantom, train_and_evaluate)
@@ -48,7 +55,6 @@ from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
 from nnunet_uda.pseudolabels.rounds import RoundInputs, score_case  # noqa: E402
 from nnunet_uda.pseudolabels.selection import SelectionRule, select_cases  # noqa: E402
 
-TARGETS = ("T1", "T2")
 ROUND_TRAINER = "nnUNetTrainerSelfTraining"
 
 
@@ -58,18 +64,21 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", type=int, default=980, help="round 0's dataset id; round 1's is one more")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--top", type=int, default=8, help="pseudo-labeled cases selected per target modality")
-    parser.add_argument("--round0_trainer", default="nnUNetTrainerSourceOnly")
+    parser.add_argument("--round0_trainer", help="default: nnUNetTrainerSourceOnly, or with --semi_supervised "
+                                                 "nnUNetTrainerSelfTraining (nnU-Net on the labeled cases)")
     parser.add_argument("--absent_agreement", type=float, default=1.0, choices=[0.0, 1.0],
                         help="eq. 8's score for folds that both miss an organ (nnUNetv2_uda_pseudolabel); the "
                              "selection is also scored with the other value, from the same fold predictions")
+    parser.add_argument("--semi_supervised", type=float, metavar="FRACTION",
+                        help="CT alone, this fraction of its training cases labeled, the rest the target")
     parser.add_argument("--shape", type=int, nargs=3, default=[24, 24, 24])
     parser.add_argument("--n_test", type=int, default=5, help="test cases per domain")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
 
-def target_means(summary: dict) -> dict[str, dict[str, float]]:
-    return {d: {m: summary["mean"][d]["average"][m] for m in ("dice", "nsd", "hd95")} for d in TARGETS}
+def target_means(summary: dict, targets) -> dict[str, dict[str, float]]:
+    return {d: {m: summary["mean"][d]["average"][m] for m in ("dice", "nsd", "hd95")} for d in targets}
 
 
 def pseudolabel_round(run: Runner, dataset_id: int, trainer: str, folds: list[int], top: int, work: Path,
@@ -104,12 +113,12 @@ def rescored(raw: Path, round_work: Path, folds: list[int], absent_agreement: fl
     return {c: {"domain": s.domain, "score": s.score, "selected": chosen[c]} for c, s in scores.items()}
 
 
-def selection_quality(candidates: dict, true_dice: dict[str, float], top: int) -> dict:
+def selection_quality(candidates: dict, true_dice: dict[str, float], top: int, targets) -> dict:
     """Per target modality: the true Dice of the selected and the rejected fused labels, the share of
     the selected among the ``top`` truly best (precision), and the rank correlation of score and
     true Dice; ``candidates`` as the report's ``cases``."""
     quality = {}
-    for domain in TARGETS:
+    for domain in targets:
         cases = [c for c, r in candidates.items() if r["domain"] == domain]
         selected = [c for c in cases if candidates[c]["selected"]]
         rejected = [c for c in cases if not candidates[c]["selected"]]
@@ -141,13 +150,13 @@ def plot_selection(quality: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(rounds: dict, qualities: dict[str, dict], settings: str) -> str:
+def markdown(rounds: dict, qualities: dict[str, dict], settings: str, targets) -> str:
     lines = [f"Self-training on the phantom ({settings})", "",
-             "| round | trainer | " + " | ".join(f"{d} Dice | {d} NSD" for d in TARGETS) + " | target mean Dice |",
-             "|" + "---|" * (3 + 2 * len(TARGETS))]
+             "| round | trainer | " + " | ".join(f"{d} Dice | {d} NSD" for d in targets) + " | target mean Dice |",
+             "|" + "---|" * (3 + 2 * len(targets))]
     for name, r in rounds.items():
-        cells = " | ".join(f"{r['targets'][d]['dice']:.3f} | {r['targets'][d]['nsd']:.3f}" for d in TARGETS)
-        mean = np.mean([r["targets"][d]["dice"] for d in TARGETS])
+        cells = " | ".join(f"{r['targets'][d]['dice']:.3f} | {r['targets'][d]['nsd']:.3f}" for d in targets)
+        mean = np.mean([r["targets"][d]["dice"] for d in targets])
         lines.append(f"| {name} | {r['trainer']} | {cells} | {mean:.3f} |")
     lines += ["", "| eq. 8 absent agreement | modality | selected / candidates | true Dice selected | "
               "true Dice rejected | precision | Spearman (score, true Dice) |", "|---|---|---|---|---|---|---|"]
@@ -164,12 +173,15 @@ def markdown(rounds: dict, qualities: dict[str, dict], settings: str) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    args.round0_trainer = args.round0_trainer or (ROUND_TRAINER if args.semi_supervised else "nnUNetTrainerSourceOnly")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
     folds = list(range(args.folds))
-    phantom = PhantomSettings(tuple(args.shape), args.n_source, args.n_target, args.n_test)
+    semi = ("--semi_supervised", str(args.semi_supervised)) if args.semi_supervised else ()
+    phantom = PhantomSettings(tuple(args.shape), args.n_source, args.n_target, args.n_test, semi)
     raw0 = prepare_phantom(run, args.dataset, phantom, args.folds)
+    targets = DomainTable.from_dataset_json(load_dataset_json(raw0)).target
     rounds = {"round 0": {"trainer": args.round0_trainer, "dataset": args.dataset,
                           "summary": train_and_evaluate(run, work, raw0, args.dataset, args.round0_trainer, folds)}}
     round_work = pseudolabel_round(run, args.dataset, args.round0_trainer, folds, args.top,
@@ -181,20 +193,22 @@ def main(argv=None) -> dict:
     rounds["round 1"] = {"trainer": ROUND_TRAINER, "dataset": d1,
                          "summary": train_and_evaluate(run, work, raw1, d1, ROUND_TRAINER, folds)}
     for r in rounds.values():
-        r["targets"] = target_means(r.pop("summary"))
+        r["targets"] = target_means(r.pop("summary"), targets)
     report = json.loads((round_work / "report.json").read_text())
     true_dice = true_fused_dice(raw0, round_work, report["cases"])
     other = 1.0 - args.absent_agreement
-    qualities = {f"{args.absent_agreement:g} (round 1)": selection_quality(report["cases"], true_dice, args.top),
+    qualities = {f"{args.absent_agreement:g} (round 1)": selection_quality(report["cases"], true_dice, args.top,
+                                                                           targets),
                  f"{other:g}": selection_quality(rescored(raw0, round_work, folds, other, args.top), true_dice,
-                                                 args.top)}
+                                                 args.top, targets)}
     quality = qualities[f"{args.absent_agreement:g} (round 1)"]
-    settings = (f"{'x'.join(map(str, args.shape))} voxels, {args.n_source} CT + {args.n_target} unlabeled cases per "
-                f"target modality, {args.folds} folds x {args.epochs} epochs x {args.iterations} iterations, top "
+    cases = (f"{args.n_source} CT, {args.semi_supervised:g} of them labeled" if args.semi_supervised else
+             f"{args.n_source} CT + {args.n_target} unlabeled cases per target modality")
+    settings = (f"{'x'.join(map(str, args.shape))} voxels, {cases}, {args.folds} folds x {args.epochs} epochs x {args.iterations} iterations, top "
                 f"{args.top} per modality, CPU")
     results = {"settings": settings, "rounds": rounds, "selection": qualities, "timings_s": run.timings}
     (work / "rounds.json").write_text(json.dumps(results, indent=2))
-    table = markdown(rounds, qualities, settings)
+    table = markdown(rounds, qualities, settings, targets)
     (work / "rounds.md").write_text(table + "\n")
     plot_selection(quality, work / "selection.png")
     print("\n" + table)

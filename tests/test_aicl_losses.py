@@ -14,6 +14,10 @@ def cosine(a, b):
     return float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
 
 
+def soft_dice(a, b):
+    return float(2 * (a.flatten() @ b.flatten()) / (a.norm() ** 2 + b.norm() ** 2))
+
+
 def loop_fpc(embeddings, present, tau):
     """-E_m sum_k mean over positives of log[e^{s+/tau} / (e^{s+/tau} + sum_{j != k} e^{s_j/tau})]."""
     b, k = present.shape
@@ -75,11 +79,11 @@ def test_fpc_gradient_reaches_present_patches_only():
     assert embeddings.grad[present].abs().sum(1).min() > 0
 
 
-def loop_csc(probs, domains, present, temperature=None, eps=1e-6, pairs=None):
+def loop_csc(probs, domains, present, temperature=None, eps=1e-6, pairs=None, phi=cosine):
     """-E over ordered cross-domain pairs of sum_k log[phi(Y^k_a, Y^k_b) / sum_j phi(Y^k_a, Y^j_b)];
     with a temperature, every phi becomes exp(phi / temperature); ``pairs``: only those (a, b)."""
     def score(x, y):
-        return cosine(x, y) if temperature is None else math.exp(cosine(x, y) / temperature)
+        return phi(x, y) if temperature is None else math.exp(phi(x, y) / temperature)
 
     b, k = present.shape
     pair_losses = []
@@ -109,6 +113,45 @@ def test_csc_matches_the_loop_transcription(seed, temperature):
     present = torch.rand(4, 3, generator=g) > 0.2
     loss = structural_consistency_loss(probs, domains, present, temperature)
     assert math.isclose(float(loss), loop_csc(probs, domains, present, temperature), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_csc_with_soft_dice_matches_the_loop_transcription(temperature):
+    g = torch.Generator().manual_seed(4)
+    sharpness = torch.tensor([0.5, 1.0, 3.0, 6.0]).view(4, 1, 1, 1, 1)  # maps of different amplitudes
+    probs = torch.softmax(sharpness * torch.randn(4, 4, 5, 6, 7, generator=g) + torch.tensor([0, 1, 0, -1.0]).view(
+        1, 4, 1, 1, 1), 1)
+    domains = torch.tensor([1, 2, 0, 0])
+    present = torch.rand(4, 3, generator=g) > 0.2
+    loss = structural_consistency_loss(probs, domains, present, temperature, similarity="dice")
+    expected = loop_csc(probs, domains, present, temperature, phi=soft_dice)
+    assert math.isclose(float(loss), expected, rel_tol=1e-4)
+    assert not math.isclose(expected, loop_csc(probs, domains, present, temperature), rel_tol=1e-3)
+
+
+def test_only_soft_dice_in_the_infonce_form_scores_a_faint_copy_worse():
+    """A target map that copies its twin's organs at a fifth of their amplitude (background wins
+    every voxel). In eq. 5 as printed the positive's scale cancels in the ratio wherever the
+    negatives vanish, so it scores the faint copy 0 with either phi; in the InfoNCE form the
+    cosine still does (it ignores amplitude) and the soft Dice does not."""
+    labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    labels[:, :4] = 1
+    labels[:, 4:6, 1:3, 1:3] = 2
+    onehot = F.one_hot(labels, 3).movedim(-1, 1).float()
+    faint = onehot.clone()
+    faint[:, 1:] *= 0.2
+    faint[:, 0] = 1 - faint[:, 1:].sum(1)
+    domains, present, pairs = torch.tensor([1, 0]), torch.ones(2, 2, dtype=torch.bool), twin_pairs(2, 1)
+
+    def csc(target, temperature, similarity):
+        return structural_consistency_loss(torch.cat((target, onehot)), domains, present, temperature, pairs,
+                                           similarity).item()
+    for similarity in ("cosine", "dice"):
+        assert csc(onehot, None, similarity) < 1e-4 and csc(faint, None, similarity) < 1e-4
+    assert math.isclose(csc(faint, 0.1, "cosine"), csc(onehot, 0.1, "cosine"), rel_tol=1e-4)
+    assert csc(faint, 0.1, "dice") > 100 * csc(onehot, 0.1, "dice")
+    with pytest.raises(ValueError, match="unknown l_csc similarity 'dot'.*cosine, dice"):
+        csc(onehot, None, "dot")
 
 
 @pytest.mark.parametrize("temperature", [None, 0.1])

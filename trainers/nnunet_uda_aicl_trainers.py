@@ -1,4 +1,5 @@
 """Thin module for nnU-Net's trainer search (nnUNet_extTrainer): AICL and its variants."""
 from nnunet_uda.training import (nnUNetTrainerAICL, nnUNetTrainerAICL_ColdStart, nnUNetTrainerAICL_noCSC,  # noqa: F401
                                  nnUNetTrainerAICL_noFPC, nnUNetTrainerAICL_noFPC_noCSC,
-                                 nnUNetTrainerAICL_OrganAdaptive, nnUNetTrainerAICL_InfoNCECSC)
+                                 nnUNetTrainerAICL_OrganAdaptive, nnUNetTrainerAICL_InfoNCECSC,
+                                 nnUNetTrainerAICL_DiceCSC)

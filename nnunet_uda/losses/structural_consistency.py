@@ -18,6 +18,15 @@ fewer organs (one organ per sample gives l_csc = 0): trained so on the phantom, 
 10.1 to 0.1 while the network dropped organs and l_sup rose from 0.03 to 0.78. A pair without a
 shared organ, or a batch of one domain, contributes nothing. Probability maps are non-negative, so
 phi lies in [0, 1]; ``eps`` keeps the logarithm finite where a map vanishes.
+
+Neither form holds a map's amplitude. As printed, the positive's scale cancels in the ratio
+wherever the negatives vanish: a target map confined inside its twin's organ, however faint or
+small, scores 0, the same as the twin's own map, while every argmax there is lost to the
+background. In the InfoNCE form the positive's phi itself must reach 1, but the cosine ignores
+amplitude, so a faint copy still scores as the twin does. ``similarity="dice"`` replaces phi by
+the soft Dice overlap 2 <a, b> / (|a|^2 + |b|^2), an adaptation that equals the cosine for maps of
+equal norm, is below it otherwise, and is the Dice coefficient of two binary masks: a copy at
+amplitude ratio c scores 2c / (1 + c^2) < 1, which the InfoNCE form penalises.
 """
 from __future__ import annotations
 
@@ -50,18 +59,34 @@ def fixed_maps(probs: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     return torch.where(fixed.view(-1, *[1] * (probs.dim() - 1)), probs.detach(), probs)
 
 
+SIMILARITIES = ("cosine", "dice")
+
+
+def map_similarity(maps: torch.Tensor, similarity: str = "cosine") -> torch.Tensor:
+    """(N, N) phi between the rows of ``maps`` (N, V): ``cosine`` (eq. 5) or soft ``dice``
+    2 <a, b> / (|a|^2 + |b|^2) (module docstring)."""
+    if similarity == "cosine":
+        unit = F.normalize(maps, dim=1)
+        return unit @ unit.T
+    if similarity == "dice":
+        squares = (maps * maps).sum(1)
+        return 2 * (maps @ maps.T) / (squares[:, None] + squares[None, :]).clamp_min(1e-12)
+    raise ValueError(f"unknown l_csc similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+
+
 def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
                                 temperature: float | None = None, pairs: torch.Tensor | None = None,
-                                eps: float = 1e-6) -> torch.Tensor:
+                                similarity: str = "cosine", eps: float = 1e-6) -> torch.Tensor:
     """l_csc (eq. 5). ``probs`` (B, K + 1, *s) softmax with background first; ``domains`` (B,)
     domain indices; ``present`` (B, K) bool organs to contrast (:func:`contrast_classes`).
     ``temperature`` None scores phi itself, as eq. 5 prints it; a number tau scores exp(phi / tau),
     the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4.
     ``pairs`` (B, B) bool: the ordered sample pairs (m1, m2) to compare, e.g. the two modalities of one
-    subject (:func:`twin_pairs`); default every pair of different domains."""
-    maps = F.normalize(probs[:, 1:].float().flatten(2), dim=2)  # (B, K, V)
+    subject (:func:`twin_pairs`); default every pair of different domains. ``similarity``: phi,
+    ``cosine`` as printed or ``dice`` (:func:`map_similarity`)."""
     b, k = present.shape
-    phi = (maps.flatten(0, 1) @ maps.flatten(0, 1).T).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)
+    maps = probs[:, 1:].float().reshape(b * k, -1)
+    phi = map_similarity(maps, similarity).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)
     positive = torch.diagonal(phi, dim1=2, dim2=3)  # (a, b, k)
     if temperature is None:
         negatives = (phi * present[None, :, None, :]).sum(3)  # over the organs j of the second sample

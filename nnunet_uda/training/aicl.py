@@ -53,6 +53,12 @@ Adaptations to nnU-Net, stated:
 - ``csc_temperature`` (default None: eq. 5 as printed, phi itself) scores exp(phi / tau) instead,
   the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4
   (``nnUNetTrainerAICL_InfoNCECSC``, tau = 0.1);
+- ``csc_similarity`` (default ``"cosine"``, eq. 5's phi) ``"dice"`` scores the soft Dice overlap
+  2 <a, b> / (|a|^2 + |b|^2) instead; ``nnUNetTrainerAICL_DiceCSC`` uses it in the InfoNCE form
+  (tau = 0.1). Neither eq. 5 as printed (the positive's scale cancels in the ratio where the
+  negatives vanish) nor the cosine holds a map's amplitude, so a faint target copy of the twin's
+  maps, with every argmax lost to the background, scores as well as the twin's own; the soft Dice
+  in the InfoNCE form penalises it (:mod:`~nnunet_uda.losses.structural_consistency`);
 - the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
   value); tau = 0.07 (PatchNCE's; the paper gives no value).
 
@@ -100,6 +106,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     csc_fixed_source = True
     #: l_csc scores exp(phi / tau) with this tau; None: phi itself, as eq. 5 prints it (module docstring)
     csc_temperature: float | None = None
+    #: phi of l_csc: "cosine" as eq. 5 prints it, or "dice", the amplitude-aware soft Dice (module docstring)
+    csc_similarity = "cosine"
     lambda_sup = 1.0
     #: maxima of the ramped weights (section 3.2)
     lambda_supUL_max = 1.0
@@ -163,7 +171,7 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
             shown = contrast_classes(target[0], self.batch_annotations(keys), probs.detach())
             maps = fixed_maps(probs, self.batch_is_source(domains)) if self.csc_fixed_source else probs
             losses["csc"] = structural_consistency_loss(maps, domains, shown, self.csc_temperature,
-                                                        self.batch_twin_pairs(len(keys)))
+                                                        self.batch_twin_pairs(len(keys)), self.csc_similarity)
         if weights["fpc"] > 0:
             patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
             losses["fpc"] = patch_contrastive_loss(patches.embeddings, patches.present, self.temperature)
@@ -192,6 +200,13 @@ class nnUNetTrainerAICL_noFPC_noCSC(nnUNetTrainerAICL):
 
 class nnUNetTrainerAICL_InfoNCECSC(nnUNetTrainerAICL):
     """l_csc in the InfoNCE form, exp(phi / tau) with tau = 0.1 (module docstring)."""
+    csc_temperature = 0.1
+
+
+class nnUNetTrainerAICL_DiceCSC(nnUNetTrainerAICL):
+    """l_csc in the InfoNCE form (tau = 0.1) with the amplitude-aware soft Dice as phi instead of the
+    cosine (module docstring)."""
+    csc_similarity = "dice"
     csc_temperature = 0.1
 
 
