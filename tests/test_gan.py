@@ -1,0 +1,147 @@
+"""The organ-attention CycleGAN's networks, losses (eqs. 1-7 against direct transcriptions), history
+pool, a short training on a toy pair of domains, and resume."""
+import math
+
+import pytest
+import torch
+
+from nnunet_uda.gan.cyclegan import OrganAttentionCycleGAN
+from nnunet_uda.gan.losses import (adversarial_loss, attention_enhanced, cycle_loss, discriminator_loss,
+                                   organ_attention)
+from nnunet_uda.gan.networks import PatchDiscriminator, ResnetGenerator
+from nnunet_uda.gan.pool import ImagePool
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 24, 24), (1, 1, 23, 17), (1, 1, 5, 3), (3, 1, 1, 9)])
+def test_generator_keeps_any_slice_shape_and_range(shape):
+    generator = ResnetGenerator(width=8, n_blocks=2)
+    out = generator(torch.rand(shape) * 2 - 1)
+    assert out.shape == shape and out.abs().max() <= 1
+
+
+def test_generator_is_the_original_resnet_design():
+    generator = ResnetGenerator()
+    strided = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    transposed = [m for m in generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    blocks = [m for m in generator.modules() if type(m).__name__ == "ResidualBlock"]
+    assert len(strided) == 2 and len(transposed) == 2 and len(blocks) == 9
+    assert strided[-1].out_channels == 256 and isinstance(generator.model[-1], torch.nn.Tanh)
+
+
+@pytest.mark.parametrize("layers, size, patches", [(3, 70, 6), (3, 37, 2), (2, 24, 4), (1, 15, 5)])
+def test_patch_discriminator_maps(layers, size, patches):
+    logits = PatchDiscriminator(width=8, n_layers=layers)(torch.rand(2, 1, size, size))
+    assert logits.shape == (2, 1, patches, patches)
+
+
+def test_adversarial_losses_match_their_equations():
+    logits = torch.randn(2, 1, 3, 4)
+    sigma = torch.sigmoid(logits)
+    assert math.isclose(float(adversarial_loss(logits, True)), float(-torch.log(sigma).mean()), rel_tol=1e-5)
+    assert math.isclose(float(adversarial_loss(logits, False)), float(-torch.log(1 - sigma).mean()), rel_tol=1e-5)
+    assert math.isclose(float(adversarial_loss(logits, True, "lsgan")), float(((logits - 1) ** 2).mean()),
+                        rel_tol=1e-5)
+    with pytest.raises(ValueError, match="unknown GAN loss mode 'wgan'"):
+        adversarial_loss(logits, True, "wgan")
+
+
+def test_discriminator_loss_is_half_of_eq_1_and_leaves_the_generator_alone():
+    discriminator = PatchDiscriminator(width=8, n_layers=1)
+    real = torch.rand(2, 1, 16, 16)
+    source = torch.rand(2, 1, 16, 16, requires_grad=True)
+    fake = source * 2
+    loss = discriminator_loss(discriminator, real, fake)
+    with torch.no_grad():
+        expected = 0.5 * (-torch.log(torch.sigmoid(discriminator(real))).mean()
+                      - torch.log(1 - torch.sigmoid(discriminator(fake))).mean())
+    assert math.isclose(loss.item(), float(expected), rel_tol=1e-5)
+    loss.backward()
+    assert source.grad is None and all(p.grad is not None for p in discriminator.parameters())
+
+
+def test_cycle_loss_is_the_mean_l1_distance():
+    image, cycled = torch.rand(2, 1, 4, 5), torch.rand(2, 1, 4, 5)
+    expected = sum(abs(float(a) - float(b)) for a, b in zip(image.flatten(), cycled.flatten())) / image.numel()
+    assert math.isclose(float(cycle_loss(image, cycled)), expected, rel_tol=1e-5)
+
+
+def test_organ_attention_range_and_effect():
+    probabilities = torch.softmax(torch.randn(2, 4, 6, 7) * 3, 1)
+    probabilities[:, :, :2] = torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1)  # certain background rows
+    attention = organ_attention(probabilities)
+    assert attention.shape == (2, 1, 6, 7) and attention.min() >= 0 and attention.max() <= 1
+    assert torch.allclose(attention, probabilities[:, 1:].sum(1, keepdim=True), atol=1e-6)
+    translated = torch.rand(2, 1, 6, 7) * 2 - 1
+    enhanced = attention_enhanced(translated, attention)
+    assert torch.equal(enhanced[:, :, :2], translated[:, :, :2])  # background untouched
+    assert torch.all(enhanced[:, :, 2:] >= translated[:, :, 2:]) and (enhanced - translated).max() > 0.5
+
+
+def test_image_pool_mixes_history_once_full_and_round_trips():
+    pool = ImagePool(3, torch.Generator().manual_seed(0))
+    first = pool.query(torch.arange(3.0).view(3, 1, 1, 1))
+    assert first.flatten().tolist() == [0.0, 1.0, 2.0]
+    later = torch.cat([pool.query(torch.full((1, 1, 1, 1), 10.0 + i)) for i in range(40)]).flatten().tolist()
+    assert any(v < 10 for v in later) and any(v >= 10 for v in later)  # old images returned, new ones passed
+    assert ImagePool(0).query(torch.ones(2, 1, 1, 1)).sum() == 2
+    copy = ImagePool(1)
+    copy.load_state_dict(pool.state_dict())
+    assert [float(i) for i in copy.images] == [float(i) for i in pool.images] and copy.size == 3
+
+
+def toy_domains(n: int, size: int = 16, seed: int = 0):
+    """Source: a bright disk on a dark ground; target: the same kind of scene, intensities inverted,
+    with disks elsewhere (unpaired). The attention map marks the source disk."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+
+    def scenes():
+        centres = torch.randint(4, size - 4, (n, 2), generator=g)
+        radii = torch.randint(2, 4, (n,), generator=g)
+        disks = ((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) <= radii[:, None, None] ** 2
+        return disks.float().unsqueeze(1)
+    source_disks, target_disks = scenes(), scenes()
+    return source_disks * 1.6 - 0.8, 0.8 - target_disks * 1.6, source_disks
+
+
+def test_a_short_training_lowers_the_losses_on_a_toy_pair_of_domains():
+    torch.manual_seed(0)
+    source, target, disks = toy_domains(32)
+    model = OrganAttentionCycleGAN(width=8, n_blocks=2, discriminator_layers=1, pool_size=8)
+    history = []
+    for step in range(120):
+        batch = torch.arange(2) + 2 * (step % 16)
+        history.append(model.train_step(source[batch], target[batch], disks[batch]))
+    first, last = history[:10], history[-10:]
+
+    def mean(rows, key):
+        return sum(r[key] for r in rows) / len(rows)
+    assert set(history[0]) == {"gan_target", "gan_source", "cycle", "gan_local", "d_target", "d_source", "d_local"}
+    assert mean(last, "cycle") < 0.5 * mean(first, "cycle")
+    with torch.no_grad():
+        translated = model.g_target(source)
+    assert abs(translated.mean() - target.mean()) < 0.25 * abs(source.mean() - target.mean())  # the target's range
+
+
+def test_attention_is_required_unless_switched_off():
+    source, target, disks = toy_domains(2)
+    with pytest.raises(ValueError, match="attention maps"):
+        OrganAttentionCycleGAN(width=8, n_blocks=1, discriminator_layers=1).train_step(source, target)
+    losses = OrganAttentionCycleGAN(attention=False, width=8, n_blocks=1, discriminator_layers=1).train_step(
+        source, target)
+    assert "gan_local" not in losses and "d_local" not in losses
+
+
+def test_training_state_resumes_exactly():
+    source, target, disks = toy_domains(4)
+    torch.manual_seed(1)
+    model = OrganAttentionCycleGAN(width=8, n_blocks=1, discriminator_layers=1, pool_size=2)
+    for _ in range(3):
+        model.train_step(source[:2], target[:2], disks[:2])
+    state = model.training_state()
+    resumed = OrganAttentionCycleGAN(width=8, n_blocks=1, discriminator_layers=1, pool_size=2)
+    resumed.load_training_state(state)
+    torch.manual_seed(2)
+    expected = model.train_step(source[2:], target[2:], disks[2:])
+    torch.manual_seed(2)
+    assert resumed.train_step(source[2:], target[2:], disks[2:]) == expected
