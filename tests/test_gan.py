@@ -145,3 +145,31 @@ def test_training_state_resumes_exactly():
     expected = model.train_step(source[2:], target[2:], disks[2:])
     torch.manual_seed(2)
     assert resumed.train_step(source[2:], target[2:], disks[2:]) == expected
+
+
+def test_translation_keeps_geometry_and_is_independent_of_the_batch(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_uda.gan.translation import MR_RANGE, translate_image_file, translate_volume
+
+    generator = ResnetGenerator(width=8, n_blocks=1).eval()
+    volume = np.random.default_rng(0).uniform(-1000, 1000, (7, 13, 10)).astype(np.float32)
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((0.8, 1.3, 2.5))
+    image.SetOrigin((-10.5, 3.25, 100.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    translate_image_file(generator, tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz", "CT", batch_size=3)
+    written = sitk.ReadImage(str(tmp_path / "mr.nii.gz"))
+    assert written.GetSize() == image.GetSize()
+    assert np.allclose(written.GetSpacing(), image.GetSpacing()) and np.allclose(written.GetOrigin(), image.GetOrigin())
+    assert np.allclose(written.GetDirection(), image.GetDirection())
+    values = sitk.GetArrayFromImage(written)
+    assert MR_RANGE[0] <= values.min() and values.max() <= MR_RANGE[1]
+    harmonised = np.clip(volume, -600, 600) / 600
+    assert np.allclose(translate_volume(generator, harmonised, 1), translate_volume(generator, harmonised, 5),
+                       atol=1e-5)
+    with torch.no_grad():
+        third = generator(torch.from_numpy(harmonised[2:3, None]))[0, 0].numpy()
+    assert np.allclose(values[2], (third + 1) / 2 * (MR_RANGE[1] - MR_RANGE[0]) + MR_RANGE[0], atol=1e-2)

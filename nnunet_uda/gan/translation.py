@@ -1,0 +1,52 @@
+"""Translating 3D volumes slice by slice with a trained generator (FLARE 2024 Task 3, section 3.2:
+"we used the trained CycleGAN to translate the CT images into corresponding MRI modalities. These
+translated images were then reassembled into 3D volumes based on the original slice information").
+
+A volume is harmonised by its own modality's rule (:func:`nnunet_uda.intensity.harmonize`: CT
+clipped to [-600, 600], MRI to its 1st-99th percentiles, both to [-1, 1]), its axial slices go
+through the generator in batches, and the stack is mapped from the generator's [-1, 1] to
+``MR_RANGE`` = [0, 1000]: MRI has no absolute unit, and a non-negative range of that order is what
+MR intensities usually look like. The written image copies the source's geometry (spacing, origin,
+direction) exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from nnunet_uda.intensity import harmonize
+
+MR_RANGE = (0.0, 1000.0)
+
+
+@torch.no_grad()
+def translate_volume(generator: torch.nn.Module, volume: np.ndarray, batch_size: int = 16,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """(Z, Y, X) harmonised volume in [-1, 1] to its translation, slice by slice along Z, in
+    batches of ``batch_size`` slices; float32 in [-1, 1]."""
+    slices = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).unsqueeze(1)
+    out = [generator(batch.to(device)).cpu() for batch in slices.split(batch_size)]
+    return torch.cat(out)[:, 0].numpy()
+
+
+def to_mr_range(translated: np.ndarray) -> np.ndarray:
+    """[-1, 1] to ``MR_RANGE``, float32."""
+    low, high = MR_RANGE
+    return ((np.clip(translated, -1, 1) + 1) / 2 * (high - low) + low).astype(np.float32)
+
+
+def translate_image_file(generator: torch.nn.Module, source: Path, destination: Path, modality: str,
+                         batch_size: int = 16, device: torch.device | str = "cpu") -> None:
+    """Read ``source`` (a 3D image of ``modality``), translate it and write ``destination`` with the
+    source's geometry."""
+    image = sitk.ReadImage(str(source))
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{source}: expected a 3D single-channel image, got {image.GetDimension()}D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} components")
+    volume = harmonize(sitk.GetArrayFromImage(image), modality)
+    translated = sitk.GetImageFromArray(to_mr_range(translate_volume(generator, volume, batch_size, device)))
+    translated.CopyInformation(image)
+    sitk.WriteImage(translated, str(destination))
