@@ -173,3 +173,24 @@ def test_translation_keeps_geometry_and_is_independent_of_the_batch(tmp_path):
     with torch.no_grad():
         third = generator(torch.from_numpy(harmonised[2:3, None]))[0, 0].numpy()
     assert np.allclose(values[2], (third + 1) / 2 * (MR_RANGE[1] - MR_RANGE[0]) + MR_RANGE[0], atol=1e-2)
+
+
+def test_slices_fit_one_size_and_batch_unpaired(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_uda.gan.slices import UnpairedSlices, fit_slices, read_slices
+
+    volume = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    fitted = fit_slices(volume, (5, 3), -1.0)
+    assert fitted.shape == (2, 5, 3)
+    assert np.array_equal(fitted[:, 1:4], volume[:, :, 1:4]) and np.all(fitted[:, [0, 4]] == -1)
+    for i, shape in enumerate([(4, 6, 8), (3, 10, 7)]):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full(shape, 600.0 * i, np.float32)), str(tmp_path / f"{i}.nii.gz"))
+    slices = read_slices([tmp_path / "0.nii.gz", tmp_path / "1.nii.gz"], "CT", (8, 8))
+    assert slices.shape == (7, 1, 8, 8) and slices.min() == -1 and slices.max() == 1
+    data = UnpairedSlices(slices, -slices, torch.zeros_like(slices))
+    source, target, attention = data.batch(4, torch.Generator().manual_seed(0))
+    assert source.shape == target.shape == attention.shape == (4, 1, 8, 8)
+    with pytest.raises(ValueError, match="attention maps .* do not match the source slices"):
+        UnpairedSlices(slices, slices, slices[:3])
