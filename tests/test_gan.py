@@ -194,3 +194,22 @@ def test_slices_fit_one_size_and_batch_unpaired(tmp_path):
     assert source.shape == target.shape == attention.shape == (4, 1, 8, 8)
     with pytest.raises(ValueError, match="attention maps .* do not match the source slices"):
         UnpairedSlices(slices, slices, slices[:3])
+
+
+def test_training_writes_previews_and_resumes_where_it_stopped(tmp_path):
+    from nnunet_uda.gan.slices import UnpairedSlices
+    from nnunet_uda.gan.training import CycleGANSettings, load_generator, train_cyclegan
+
+    source, target, disks = toy_domains(6)
+    data = UnpairedSlices(source, target, disks)
+    settings = CycleGANSettings(epochs=2, iterations=3, width=8, n_blocks=1, discriminator_layers=1)
+    straight = train_cyclegan(data, settings, tmp_path / "straight", preview_labels=disks.long())
+    assert len(straight) == 2 and (tmp_path / "straight" / "preview_epoch_002.png").is_file()
+    assert (tmp_path / "straight" / "losses.png").is_file()
+    train_cyclegan(data, CycleGANSettings(**{**settings.__dict__, "epochs": 1}), tmp_path / "resumed")
+    with pytest.raises(ValueError, match=r"other settings .*'width': \(4, 8\)"):
+        train_cyclegan(data, CycleGANSettings(**{**settings.__dict__, "width": 4}), tmp_path / "resumed")
+    resumed = train_cyclegan(data, settings, tmp_path / "resumed")  # one more epoch
+    assert resumed == straight
+    a, b = (load_generator(tmp_path / f / "generator_final.pth") for f in ("straight", "resumed"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
