@@ -134,3 +134,39 @@ def test_planning_writes_domains_normalisation_and_folds(workflow):
     for split in splits:
         assert split["val"] and all(case.startswith("ph_CT_") for case in split["val"])
         assert {"ph_T1_000", "ph_T2_001"} <= set(split["train"])
+
+
+def test_cyclegan_training_from_the_dataset_with_the_trained_model_as_segmenter(workflow):
+    """``nnUNetv2_uda_cyclegan_train`` on the phantom's CT and T1 training cases, the organ attention
+    from the trained fold's softmax (nnU-Net's predictor), one short epoch; then the ablation
+    without attention, and the error without a segmenter."""
+    import subprocess
+
+    import SimpleITK as sitk
+
+    out = workflow["work"] / "cyclegan_T1"
+    small = ("--epochs", "1", "--iterations", "2", "--width", "8", "--n_blocks", "1", "--discriminator_layers", "1",
+             "-device", "cpu")
+    workflow["run"]("cyclegan", command("nnUNetv2_uda_cyclegan_train"), "-d", str(DATASET), "--target", "T1",
+                    "-o", str(out), "--segmenter", str(workflow["results"].parent), "-f", "0", *small)
+    config = json.loads((out / "cyclegan.json").read_text())
+    assert config["source_modality"] == "CT" and config["target_modality"] == "MR"
+    assert len(config["source_cases"]) == 5 and len(config["target_cases"]) == 2
+    assert all(c.startswith("ph_T1_") for c in config["target_cases"])
+    probabilities = np.load(out / "attention_probabilities" / "fold_0" / f"{config['source_cases'][0]}.npz")
+    image = sitk.ReadImage(str(workflow["raw"] / "imagesTr" / f"{config['source_cases'][0]}_0000.nii.gz"))
+    assert probabilities["probabilities"].shape[1:] == sitk.GetArrayFromImage(image).shape
+    for name in ("generator_final.pth", "checkpoint_latest.pth", "preview_epoch_001.png", "losses.png"):
+        assert (out / name).is_file(), name
+    state = torch.load(out / "checkpoint_latest.pth", weights_only=False)
+    assert "gan_local" in state["history"][0] and state["settings"]["attention"]
+
+    plain = workflow["work"] / "cyclegan_T1_plain"
+    workflow["run"]("cyclegan, no attention", command("nnUNetv2_uda_cyclegan_train"), "-d", str(DATASET),
+                    "--target", "T1", "-o", str(plain), "--no_attention", *small)
+    assert "gan_local" not in torch.load(plain / "checkpoint_latest.pth", weights_only=False)["history"][0]
+    failed = subprocess.run([command("nnUNetv2_uda_cyclegan_train"), "-d", str(DATASET), "--target", "CT", "-o",
+                             str(workflow["work"] / "x"), "--no_attention", *small], env=workflow["run"].env,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "'CT' is a source domain" in failed.stderr
+    assert not (workflow["work"] / "x").exists()

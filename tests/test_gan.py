@@ -151,28 +151,29 @@ def test_translation_keeps_geometry_and_is_independent_of_the_batch(tmp_path):
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_uda.gan.translation import MR_RANGE, translate_image_file, translate_volume
+    from nnunet_uda.gan.translation import translate_image_file, translate_volume
+    from nnunet_uda.intensity import harmonize
 
     generator = ResnetGenerator(width=8, n_blocks=1).eval()
-    volume = np.random.default_rng(0).uniform(-1000, 1000, (7, 13, 10)).astype(np.float32)
+    volume = np.random.default_rng(0).uniform(-1, 1, (7, 13, 10)).astype(np.float32)  # harmonised
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing((0.8, 1.3, 2.5))
     image.SetOrigin((-10.5, 3.25, 100.0))
     image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
-    translate_image_file(generator, tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz", "CT", batch_size=3)
+    translate_image_file(generator, tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz", batch_size=3)
     written = sitk.ReadImage(str(tmp_path / "mr.nii.gz"))
     assert written.GetSize() == image.GetSize()
     assert np.allclose(written.GetSpacing(), image.GetSpacing()) and np.allclose(written.GetOrigin(), image.GetOrigin())
     assert np.allclose(written.GetDirection(), image.GetDirection())
     values = sitk.GetArrayFromImage(written)
-    assert MR_RANGE[0] <= values.min() and values.max() <= MR_RANGE[1]
-    harmonised = np.clip(volume, -600, 600) / 600
-    assert np.allclose(translate_volume(generator, harmonised, 1), translate_volume(generator, harmonised, 5),
-                       atol=1e-5)
+    assert values.min() == -1 and values.max() == 1  # harmonised as MRI
+    translated = translate_volume(generator, volume, 1)
+    assert np.allclose(translated, translate_volume(generator, volume, 5), atol=1e-5)
     with torch.no_grad():
-        third = generator(torch.from_numpy(harmonised[2:3, None]))[0, 0].numpy()
-    assert np.allclose(values[2], (third + 1) / 2 * (MR_RANGE[1] - MR_RANGE[0]) + MR_RANGE[0], atol=1e-2)
+        third = generator(torch.from_numpy(volume[2:3, None]))[0, 0].numpy()
+    assert np.allclose(translated[2], third, atol=1e-5)
+    assert np.allclose(values, harmonize(translated, "MR"), atol=1e-5)
 
 
 def test_slices_fit_one_size_and_batch_unpaired(tmp_path):
@@ -186,9 +187,11 @@ def test_slices_fit_one_size_and_batch_unpaired(tmp_path):
     assert fitted.shape == (2, 5, 3)
     assert np.array_equal(fitted[:, 1:4], volume[:, :, 1:4]) and np.all(fitted[:, [0, 4]] == -1)
     for i, shape in enumerate([(4, 6, 8), (3, 10, 7)]):
-        sitk.WriteImage(sitk.GetImageFromArray(np.full(shape, 600.0 * i, np.float32)), str(tmp_path / f"{i}.nii.gz"))
-    slices = read_slices([tmp_path / "0.nii.gz", tmp_path / "1.nii.gz"], "CT", (8, 8))
-    assert slices.shape == (7, 1, 8, 8) and slices.min() == -1 and slices.max() == 1
+        sitk.WriteImage(sitk.GetImageFromArray(np.full(shape, 0.5 * i, np.float32)), str(tmp_path / f"{i}.nii.gz"))
+    slices = read_slices([tmp_path / "0.nii.gz", tmp_path / "1.nii.gz"], (8, 8))
+    assert slices.shape == (7, 1, 8, 8) and slices.min() == -1 and slices.max() == 0.5
+    assert torch.all(slices[:4, 0, 1:7, :] == 0) and torch.all(slices[:4, 0, [0, 7]] == -1)  # 6 rows padded to 8
+    assert torch.all(slices[4:, 0, :, :7] == 0.5) and torch.all(slices[4:, 0, :, 7] == -1)  # 10 rows cropped
     data = UnpairedSlices(slices, -slices, torch.zeros_like(slices))
     source, target, attention = data.batch(4, torch.Generator().manual_seed(0))
     assert source.shape == target.shape == attention.shape == (4, 1, 8, 8)

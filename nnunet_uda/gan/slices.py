@@ -2,8 +2,9 @@
 converted the 3D images into 2D slices by slicing along the Z-axis. At this stage, all 2D slices
 were retained without any filtering").
 
-Each volume is harmonised by its modality (:func:`nnunet_uda.intensity.harmonize`, [-1, 1]) and
-every axial slice is centre-cropped or centre-padded to one in-plane size, so slices of volumes of
+The images of a raw dataset are harmonised already (the dataset convention,
+:mod:`nnunet_uda.intensity`: [-1, 1] by each image's modality), the generators' range, and every
+axial slice is centre-cropped or centre-padded to one in-plane size, so slices of volumes of
 different sizes batch together; padding uses -1, the harmonised range's floor (air in CT, signal
 void in MRI), and 0 for attention maps. Source and target slices are drawn independently: the
 domains are unpaired.
@@ -18,7 +19,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnunet_uda.intensity import harmonize
 
 
 def fit_slices(volume: np.ndarray, size: tuple[int, int], fill: float) -> np.ndarray:
@@ -34,9 +34,9 @@ def fit_slices(volume: np.ndarray, size: tuple[int, int], fill: float) -> np.nda
     return out
 
 
-def read_slices(paths: Sequence[Path], modality: str, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, H, W) harmonised axial slices of every volume in ``paths``."""
-    volumes = [fit_slices(harmonize(sitk.GetArrayFromImage(sitk.ReadImage(str(p))), modality), size, -1.0)
+def read_slices(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) axial slices of every (harmonised) volume in ``paths``."""
+    volumes = [fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, -1.0)
                for p in paths]
     return torch.from_numpy(np.concatenate(volumes)).unsqueeze(1)
 
@@ -58,3 +58,64 @@ class UnpairedSlices:
         s = torch.randint(len(self.source), (batch_size,), generator=generator)
         t = torch.randint(len(self.target), (batch_size,), generator=generator)
         return self.source[s], self.target[t], None if self.attention is None else self.attention[s]
+
+
+@dataclass
+class CycleGANCases:
+    """Which cases of a UDA raw dataset a translation model trains on: the labeled source-domain
+    training cases, and up to ``n_target`` randomly chosen training cases of one target domain (the
+    paper trains one model per MRI sequence from 50 of its cases)."""
+    source: list[str]
+    target: list[str]
+    source_modality: str
+    target_modality: str
+
+    @classmethod
+    def choose(cls, table, target_domain: str, n_target: int | None = 50, seed: int = 0) -> "CycleGANCases":
+        if target_domain not in table.domains:
+            raise ValueError(f"target domain {target_domain!r} is not in the domain table; its domains are "
+                             f"{', '.join(table.domains)}")
+        if target_domain in table.source:
+            raise ValueError(f"{target_domain!r} is a source domain; translate into one of the targets "
+                             f"({', '.join(table.target)})")
+        source = [c for c in table.cases_of(table.source) if table.entry(c).labels == "ground_truth"]
+        target = table.cases_of([target_domain])
+        if not source or not target:
+            raise ValueError(f"need labeled source training cases and {target_domain} training cases; the domain "
+                             f"table has {len(source)} and {len(target)}")
+        modalities = {table.domains[table.domain_of(c)].modality for c in source}
+        if len(modalities) != 1:
+            raise ValueError(f"the labeled source cases mix modalities {sorted(modalities)}; one translation model "
+                             f"maps one modality into another")
+        if n_target is not None and n_target < len(target):
+            chosen = np.random.default_rng(seed).choice(len(target), n_target, replace=False)
+            target = [target[i] for i in sorted(chosen)]
+        return cls(source, target, modalities.pop(), table.domains[target_domain].modality)
+
+
+def slice_size_of(paths: Sequence[Path]) -> tuple[int, int]:
+    """The largest in-plane size (Y, X) among the images, read from their headers."""
+    sizes = []
+    for p in paths:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        x, y = reader.GetSize()[:2]
+        sizes.append((y, x))
+    return max(s[0] for s in sizes), max(s[1] for s in sizes)
+
+
+def read_attention(probability_files: Sequence[Sequence[Path]], size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) organ attention A = 1 - p_background (eqs. 4-5) of every axial slice, per case
+    from nnU-Net's exported softmax probabilities of one or more folds (``<case>.npz``, key
+    ``probabilities``, (C, Z, Y, X)), averaged over the folds."""
+    maps = [fit_slices(1.0 - np.mean([np.load(p)["probabilities"][0] for p in files], 0), size, 0.0)
+            for files in probability_files]
+    return torch.from_numpy(np.concatenate(maps).astype(np.float32)).unsqueeze(1)
+
+
+def read_labels(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) label slices, padded with background."""
+    volumes = [fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, 0.0)
+               for p in paths]
+    return torch.from_numpy(np.concatenate(volumes)).long().unsqueeze(1)

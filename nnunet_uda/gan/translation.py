@@ -2,12 +2,12 @@
 "we used the trained CycleGAN to translate the CT images into corresponding MRI modalities. These
 translated images were then reassembled into 3D volumes based on the original slice information").
 
-A volume is harmonised by its own modality's rule (:func:`nnunet_uda.intensity.harmonize`: CT
-clipped to [-600, 600], MRI to its 1st-99th percentiles, both to [-1, 1]), its axial slices go
-through the generator in batches, and the stack is mapped from the generator's [-1, 1] to
-``MR_RANGE`` = [0, 1000]: MRI has no absolute unit, and a non-negative range of that order is what
-MR intensities usually look like. The written image copies the source's geometry (spacing, origin,
-direction) exactly.
+The images of a raw dataset are harmonised already (the dataset convention,
+:mod:`nnunet_uda.intensity`: CT clipped to [-600, 600], MRI to its 1st-99th percentiles, both to
+[-1, 1]), which is the generator's input range. A volume's axial slices go through the generator in
+batches, and the stack, in the generator's [-1, 1], is harmonised by the MR rule, so a translated
+image lies in the range every MRI of a raw dataset has. The written image copies the source's
+geometry (spacing, origin, direction) exactly.
 """
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ import torch
 
 from nnunet_uda.intensity import harmonize
 
-MR_RANGE = (0.0, 1000.0)
-
-
 @torch.no_grad()
 def translate_volume(generator: torch.nn.Module, volume: np.ndarray, batch_size: int = 16,
                      device: torch.device | str = "cpu") -> np.ndarray:
@@ -32,21 +29,15 @@ def translate_volume(generator: torch.nn.Module, volume: np.ndarray, batch_size:
     return torch.cat(out)[:, 0].numpy()
 
 
-def to_mr_range(translated: np.ndarray) -> np.ndarray:
-    """[-1, 1] to ``MR_RANGE``, float32."""
-    low, high = MR_RANGE
-    return ((np.clip(translated, -1, 1) + 1) / 2 * (high - low) + low).astype(np.float32)
-
-
-def translate_image_file(generator: torch.nn.Module, source: Path, destination: Path, modality: str,
-                         batch_size: int = 16, device: torch.device | str = "cpu") -> None:
-    """Read ``source`` (a 3D image of ``modality``), translate it and write ``destination`` with the
-    source's geometry."""
+def translate_image_file(generator: torch.nn.Module, source: Path, destination: Path, batch_size: int = 16,
+                         device: torch.device | str = "cpu") -> None:
+    """Read ``source`` (a harmonised 3D image), translate it and write ``destination``, harmonised as
+    MRI, with the source's geometry."""
     image = sitk.ReadImage(str(source))
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{source}: expected a 3D single-channel image, got {image.GetDimension()}D with "
                          f"{image.GetNumberOfComponentsPerPixel()} components")
-    volume = harmonize(sitk.GetArrayFromImage(image), modality)
-    translated = sitk.GetImageFromArray(to_mr_range(translate_volume(generator, volume, batch_size, device)))
+    volume = sitk.GetArrayFromImage(image)
+    translated = sitk.GetImageFromArray(harmonize(translate_volume(generator, volume, batch_size, device), "MR"))
     translated.CopyInformation(image)
     sitk.WriteImage(translated, str(destination))
