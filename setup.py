@@ -39,6 +39,7 @@ setup(
             "nnUNetv2_uda_submission=nnunet_uda.cli.submission:main",
             "nnUNetv2_uda_submission_run=nnunet_uda.cli.submission:run_main",
             "nnUNetv2_uda_cyclegan_train=nnunet_uda.cli.cyclegan:main",
+            "nnUNetv2_uda_translate=nnunet_uda.cli.translate:main",
         ]
     },
 )

@@ -44,6 +44,8 @@ are copied to the preprocessed, results and prediction folders)::
   "s000"}``); a subject has at most one training case per domain. A pair's images are expected to
   be registered (one anatomy in one place); trainers that compare the two modalities' maps
   (AICL's l_csc) draw them together (:meth:`DomainTable.twin`).
+- ``translated_from`` (optional, training cases): the image is a translation of that source case
+  into the case's domain (``nnUNetv2_uda_translate``); its label file is the source case's.
 - ``test_cases``: the cases of ``imagesTs`` (and ``labelsTs`` where held-out labels exist).
 
 The order of ``domains`` fixes the domain indices used by conditional instance normalisation.
@@ -76,6 +78,7 @@ class CaseEntry:
     annotated_labels: tuple[str, ...] | None = None
     pseudo_labels: tuple[str, ...] = ()
     subject: str | None = None
+    translated_from: str | None = None
 
 
 class DomainTable:
@@ -155,6 +158,8 @@ class DomainTable:
                 out["pseudo_labels"] = list(entry.pseudo_labels)
             if entry.subject is not None:
                 out["subject"] = entry.subject
+            if entry.translated_from is not None:
+                out["translated_from"] = entry.translated_from
             return out
 
         return {
@@ -296,7 +301,11 @@ def _parse_case(case: str, spec, domains: Mapping[str, Domain], labels: Mapping[
     if subject is not None and (not isinstance(subject, str) or not subject):
         raise DomainTableError(f"{where}: case \"{case}\" has subject {subject!r}; a subject is a non-empty "
                                f"string naming the person or specimen, e.g. \"s000\"")
-    return CaseEntry(domain, kind, spec.get("round"), annotated, pseudo, subject)
+    translated_from = spec.get("translated_from")
+    if translated_from is not None and (not isinstance(translated_from, str) or not translated_from):
+        raise DomainTableError(f"{where}: case \"{case}\" has translated_from {translated_from!r}; it names the "
+                               f"source case the image was translated from, e.g. \"case_000\"")
+    return CaseEntry(domain, kind, spec.get("round"), annotated, pseudo, subject, translated_from)
 
 
 def _check_subjects(cases: Mapping[str, CaseEntry], where: str) -> None:

@@ -67,6 +67,7 @@ def test_label_sources():
     (lambda d: d["uda"]["cases"]["t2_0"].update(subject=3), "subject 3; a subject is a non-empty string"),
     (lambda d: [d["uda"]["cases"][c].update(subject="s1") for c in ("ct0", "ct1")],
      "subject \"s1\" has two CT training cases, \"ct0\" and \"ct1\""),
+    (lambda d: d["uda"]["cases"]["t1_0"].update(translated_from=""), "translated_from ''; it names the source case"),
 ])
 def test_bad_tables_name_the_problem_and_the_fix(mutate, message):
     with pytest.raises(DomainTableError, match=message) as info:
@@ -84,6 +85,15 @@ def test_subjects_pair_the_modalities_of_one_subject():
     assert t.twin("t1_1", t.source) is None and t.twin("t1_2", t.source) is None  # no CT case of s1; no subject
     assert t.to_json()["cases"]["t1_0"]["subject"] == "s0"
     assert DomainTable.from_dataset_json({"labels": BASE["labels"], "uda": t.to_json()}).twin("t1_0", ["CT"]) == "ct0"
+
+
+def test_translated_cases_name_their_source_and_round_trip():
+    t = table(lambda d: d["uda"]["cases"]["t1_0"].update(translated_from="ct0"))
+    assert t.entry("t1_0").translated_from == "ct0" and t.entry("ct0").translated_from is None
+    stored = t.to_json()["cases"]
+    assert stored["t1_0"]["translated_from"] == "ct0" and "translated_from" not in stored["ct0"]
+    assert DomainTable.from_dataset_json({"labels": BASE["labels"], "uda": t.to_json()}).entry(
+        "t1_0").translated_from == "ct0"
 
 
 def test_unknown_case_and_domain():

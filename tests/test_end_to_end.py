@@ -170,3 +170,28 @@ def test_cyclegan_training_from_the_dataset_with_the_trained_model_as_segmenter(
                             capture_output=True, text=True)
     assert failed.returncode != 0 and "'CT' is a source domain" in failed.stderr
     assert not (workflow["work"] / "x").exists()
+
+    translated = workflow["work"] / "nnUNet_raw" / "Dataset952_UDAPhantomTranslated"
+    workflow["run"]("translate", command("nnUNetv2_uda_translate"), "-d", str(DATASET), "-o", "952", "-m", str(out),
+                    "-device", "cpu", "--batch_size", "7")
+    dataset = json.loads((translated / "dataset.json").read_text())
+    table = dataset["uda"]
+    assert table["target"] == ["T1"] and set(table["domains"]) == {"T1"}
+    made = {c: e for c, e in table["cases"].items() if "translated_from" in e}
+    assert sorted(e["translated_from"] for e in made.values()) == sorted(config["source_cases"])
+    assert all(e["domain"] == "T1" and e["labels"] == "ground_truth" for e in made.values())
+    assert {c for c in table["cases"] if c not in made} == set(config["target_cases"])
+    assert set(table["test_cases"]) == {c for c in table["test_cases"] if c.startswith("ph_T1_")}
+    source_case = config["source_cases"][0]
+    original = sitk.ReadImage(str(workflow["raw"] / "imagesTr" / f"{source_case}_0000.nii.gz"))
+    copy = sitk.ReadImage(str(translated / "imagesTr" / f"{source_case}_to_T1_0000.nii.gz"))
+    assert copy.GetSize() == original.GetSize() and copy.GetSpacing() == original.GetSpacing()
+    assert copy.GetOrigin() == original.GetOrigin() and copy.GetDirection() == original.GetDirection()
+    labels = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz")))
+              for folder, case in ((translated / "labelsTr", f"{source_case}_to_T1"),
+                                   (workflow["raw"] / "labelsTr", source_case))]
+    assert np.array_equal(*labels)
+    workflow["run"]("verify translated", command("nnUNetv2_uda_verify"), "-d", "952", "-np", "1")
+    again = subprocess.run([command("nnUNetv2_uda_translate"), "-d", str(DATASET), "-o", "952", "-m", str(out)],
+                           env=workflow["run"].env, capture_output=True, text=True)
+    assert again.returncode != 0 and "already exists" in again.stderr

@@ -93,16 +93,18 @@ class CycleGANCases:
         return cls(source, target, modalities.pop(), table.domains[target_domain].modality)
 
 
+def image_size(path: Path) -> tuple[int, ...]:
+    """An image's size (X, Y, Z), read from its header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader.GetSize()
+
+
 def slice_size_of(paths: Sequence[Path]) -> tuple[int, int]:
-    """The largest in-plane size (Y, X) among the images, read from their headers."""
-    sizes = []
-    for p in paths:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        reader.ReadImageInformation()
-        x, y = reader.GetSize()[:2]
-        sizes.append((y, x))
-    return max(s[0] for s in sizes), max(s[1] for s in sizes)
+    """The largest in-plane size (Y, X) among the images."""
+    sizes = [image_size(p)[:2] for p in paths]
+    return max(y for _, y in sizes), max(x for x, _ in sizes)
 
 
 def read_attention(probability_files: Sequence[Sequence[Path]], size: tuple[int, int]) -> torch.Tensor:
