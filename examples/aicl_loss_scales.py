@@ -111,8 +111,8 @@ def main(argv=None) -> None:
     print("l_csc of the one-hot labels against uniform maps and a faint target copy (mean over batches; labels "
           "below uniform: the anatomy is the better minimiser; faint copy at the labels' value: amplitude is free):")
     for name in forms:
-        print(f"  {name}: labels {statistics.mean(at_labels[name]):.3f}, uniform {statistics.mean(at_uniform[name]):.3f}"
-              f", faint target copy {statistics.mean(at_faint[name]):.3f}")
+        print(f"  {name}: labels {statistics.mean(at_labels[name]):.3f}, "
+              f"uniform {statistics.mean(at_uniform[name]):.3f}, faint target copy {statistics.mean(at_faint[name]):.3f}")
 
 
 if __name__ == "__main__":

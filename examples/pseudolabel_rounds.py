@@ -204,8 +204,8 @@ def main(argv=None) -> dict:
     quality = qualities[f"{args.absent_agreement:g} (round 1)"]
     cases = (f"{args.n_source} CT, {args.semi_supervised:g} of them labeled" if args.semi_supervised else
              f"{args.n_source} CT + {args.n_target} unlabeled cases per target modality")
-    settings = (f"{'x'.join(map(str, args.shape))} voxels, {cases}, {args.folds} folds x {args.epochs} epochs x {args.iterations} iterations, top "
-                f"{args.top} per modality, CPU")
+    settings = (f"{'x'.join(map(str, args.shape))} voxels, {cases}, {args.folds} folds x {args.epochs} epochs x "
+                f"{args.iterations} iterations, top {args.top} per modality, CPU")
     results = {"settings": settings, "rounds": rounds, "selection": qualities, "timings_s": run.timings}
     (work / "rounds.json").write_text(json.dumps(results, indent=2))
     table = markdown(rounds, qualities, settings, targets)
