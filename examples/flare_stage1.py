@@ -1,0 +1,153 @@
+"""Stage 1 of the FLARE 2024 Task 3 pipeline on the phantom: organ-attention CycleGAN, translated CT,
+nnU-Net trained on the translations; against source-only, the ceiling and the plain CycleGAN.
+
+Through the real commands:
+
+1. the phantom (labeled CT; unlabeled T1 and T2 training cases; test sets), planned;
+2. ``nnUNetTrainerSourceOnly`` fold 0: the floor, and the segmenter S of the organ attention;
+3. for the organ-attention CycleGAN and the plain one (``--no_attention``): one
+   ``nnUNetv2_uda_cyclegan_train`` per target domain (T1, T2), ``nnUNetv2_uda_translate`` into one
+   dataset holding both, planning, ``nnUNetTrainerSelfTraining`` fold 0 on the translated CT (the
+   paper trains nnU-Net's own ResEnc M on it; that trainer is nnU-Net's network and sampling with
+   the brief-run variables), and the target test sets predicted and evaluated;
+4. a figure of source, translated (with and without attention) and real target slices.
+
+The ceiling comes from ``examples/benchmark_domain_gap.py`` (``--gap``, its ``domain_gap.json``,
+run with the same ``--epochs``, ``--iterations`` and case counts); each method's share of the
+floor-to-ceiling gap closed is printed. Writes ``stage1.json``, ``stage1.md`` and
+``translations.png`` to ``--work``; finished steps are reused.
+
+    python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap_unpaired
+    python examples/flare_stage1.py --work benchmark_output/stage1 \\
+        --gap benchmark_output/domain_gap_unpaired/domain_gap.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from nnunet_uda.data.raw import dataset_folder_name  # noqa: E402
+from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, final_checkpoint,  # noqa: E402
+                                 nnunet_environment, prepare_phantom, train_and_evaluate)
+
+TARGETS = ("T1", "T2")
+FLOOR, CEILING = "source only (floor)", "supervised on target (ceiling)"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/stage1")
+    parser.add_argument("--dataset", type=int, default=985, help="ids DATASET (phantom), +1 and +2 (translated)")
+    parser.add_argument("--gap", help="domain_gap.json of examples/benchmark_domain_gap.py, for the ceiling")
+    parser.add_argument("--gan_epochs", type=int, default=10)
+    parser.add_argument("--gan_iterations", type=int, default=200)
+    parser.add_argument("--gan_width", type=int, default=32)
+    parser.add_argument("--gan_blocks", type=int, default=6)
+    parser.add_argument("--n_gan_target", type=int, default=16, help="target cases the CycleGAN trains on")
+    add_run_arguments(parser, epochs=80, iterations=25)
+    return parser.parse_args(argv)
+
+
+def train_translation(run: Runner, work: Path, dataset_id: int, domain: str, attention: bool, segmenter: Path,
+                      args) -> Path:
+    out = work / f"cyclegan_{domain}_{'attention' if attention else 'plain'}"
+    if not (out / "generator_final.pth").is_file():
+        run("cyclegan", command("nnUNetv2_uda_cyclegan_train"), "-d", str(dataset_id), "--target", domain, "-o",
+            str(out), *(("--segmenter", str(segmenter), "-f", "0") if attention else ("--no_attention",)),
+            "--epochs", str(args.gan_epochs), "--iterations", str(args.gan_iterations), "--width",
+            str(args.gan_width), "--n_blocks", str(args.gan_blocks), "--discriminator_layers", "2", "--n_target",
+            str(args.n_gan_target), "-device", "cpu")
+    return out
+
+
+def gap_closed(dice: float, floor: float, ceiling: float | None) -> str:
+    return "n/a" if ceiling is None or ceiling <= floor else f"{(dice - floor) / (ceiling - floor):+.0%}"
+
+
+def target_mean(means: dict) -> float:
+    return float(np.mean([means[d]["average"]["dice"] for d in TARGETS]))
+
+
+def markdown(rows: dict[str, dict], ceiling: float | None, settings: str) -> str:
+    floor = target_mean(rows[FLOOR])
+    lines = [settings, "", "| method | " + " | ".join(f"{d} Dice | {d} HD95" for d in TARGETS)
+             + " | mean target Dice | gap closed |", "|" + "---|" * (3 + 2 * len(TARGETS))]
+    for name, means in rows.items():
+        cells = " | ".join(f"{means[d]['average']['dice']:.3f} | {means[d]['average']['hd95']:.1f}" for d in TARGETS)
+        lines.append(f"| {name} | {cells} | {target_mean(means):.3f} | "
+                     f"{gap_closed(target_mean(means), floor, ceiling)} |")
+    return "\n".join(lines)
+
+
+def plot_translations(raw: Path, translated: dict[str, Path], path: Path) -> None:
+    """Middle slices: a CT case, its translations per model and target, and real target cases."""
+    case = sorted((raw / "imagesTr").glob("ph_CT_*_0000.nii.gz"))[0].name[:-len("_0000.nii.gz")]
+
+    def middle(image_path: Path) -> np.ndarray:
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path)))
+        return volume[volume.shape[0] // 2]
+    panels = [("CT (source)", middle(raw / "imagesTr" / f"{case}_0000.nii.gz"))]
+    for name, folder in translated.items():
+        for domain in TARGETS:
+            panels.append((f"{domain}, {name}", middle(folder / "imagesTr" / f"{case}_to_{domain}_0000.nii.gz")))
+    for domain in TARGETS:
+        real = sorted((raw / "imagesTr").glob(f"ph_{domain}_*_0000.nii.gz"))[0]
+        panels.append((f"real {domain}", middle(real)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
+    for ax, (title, image) in zip(axes, panels):
+        ax.imshow(image, cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    raw = prepare_phantom(run, args.dataset, PhantomSettings(n_source=args.n_source, n_target=args.n_target), 5)
+    rows = {FLOOR: train_and_evaluate(run, work, raw, args.dataset, "nnUNetTrainerSourceOnly")["mean"]}
+    segmenter = final_checkpoint(run, raw, "nnUNetTrainerSourceOnly", 0).parents[1]
+    translated = {}
+    for offset, (name, attention) in enumerate((("organ attention", True), ("plain CycleGAN", False)), start=1):
+        models = [train_translation(run, work, args.dataset, d, attention, segmenter, args) for d in TARGETS]
+        dataset_id = args.dataset + offset
+        folder = Path(run.env["nnUNet_raw"]) / dataset_folder_name(dataset_id, "UDAPhantomTranslated")
+        if not (folder / "dataset.json").is_file():
+            run("translate", command("nnUNetv2_uda_translate"), "-d", str(args.dataset), "-o", str(dataset_id),
+                "-m", *map(str, models), "-device", "cpu")
+            run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(dataset_id), "-bs",
+                "2")
+        translated[name] = folder
+        rows[f"nnU-Net on CT translated, {name}"] = train_and_evaluate(run, work, folder, dataset_id,
+                                                                       "nnUNetTrainerSelfTraining")["mean"]
+    ceiling = None
+    if args.gap:
+        gap = json.loads(Path(args.gap).read_text())["results"]
+        rows[CEILING] = gap[CEILING]
+        ceiling = target_mean(gap[CEILING])
+    settings = (f"phantom 24x24x24, {args.n_source} CT + {args.n_target} per target training cases; CycleGAN "
+                f"{args.gan_epochs} x {args.gan_iterations} iterations, width {args.gan_width}, {args.gan_blocks} "
+                f"blocks, from {args.n_gan_target} target cases; nnU-Net fold 0, {args.epochs} epochs x "
+                f"{args.iterations} iterations, batch 2, ResEnc M, CPU")
+    table = markdown(rows, ceiling, settings)
+    (work / "stage1.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
+    (work / "stage1.md").write_text(table + "\n")
+    plot_translations(raw, translated, work / "translations.png")
+    print("\n" + table + "\n\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items()))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
