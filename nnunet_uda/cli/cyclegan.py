@@ -24,8 +24,7 @@ import torch
 
 from nnunet_uda.data.raw import find_raw_dataset, load_dataset_json, save_json
 from nnunet_uda.domains import DomainTable
-from nnunet_uda.gan.slices import (CycleGANCases, UnpairedSlices, read_attention, read_labels, read_slices,
-                                   slice_size_of)
+from nnunet_uda.gan.slices import CycleGANCases, UnpairedSlices, read_attention, read_slices, slice_size_of
 from nnunet_uda.gan.training import CycleGANSettings, train_cyclegan
 from nnunet_uda.pseudolabels.fold_predictions import fold_folder, predict_folds
 
@@ -79,7 +78,7 @@ def main(argv=None) -> None:
                                     for c in cases.source], size)
     data = UnpairedSlices(read_slices([image(c) for c in cases.source], size),
                           read_slices([image(c) for c in cases.target], size), attention)
-    labels = read_labels([raw / "labelsTr" / f"{c}{ending}" for c in cases.source], size)
+    labels = read_slices([raw / "labelsTr" / f"{c}{ending}" for c in cases.source], size, fill=0.0).long()
     settings = CycleGANSettings(args.epochs, args.iterations, args.batch_size, not args.no_attention, args.width,
                                 args.n_blocks, args.discriminator_layers, args.seed)
     save_json({"dataset": raw.name, "target_domain": args.target, "source_modality": cases.source_modality,

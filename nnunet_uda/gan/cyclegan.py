@@ -42,8 +42,12 @@ class OrganAttentionCycleGAN(nn.Module):
         self.optimizer_d = torch.optim.Adam(self.discriminator_parameters(), lr=lr, betas=betas)
         self.pools = {name: ImagePool(pool_size) for name in ("target", "source", "local")}
 
+    @property
+    def discriminators(self) -> list[nn.Module]:
+        return [d for d in (self.d_target, self.d_source, self.d_local) if d is not None]
+
     def discriminator_parameters(self) -> list[nn.Parameter]:
-        return [p for d in (self.d_target, self.d_source, self.d_local) if d is not None for p in d.parameters()]
+        return [p for d in self.discriminators for p in d.parameters()]
 
     def train_step(self, source: torch.Tensor, target: torch.Tensor,
                    attention: torch.Tensor | None = None) -> dict[str, float]:
@@ -61,15 +65,13 @@ class OrganAttentionCycleGAN(nn.Module):
             enhanced = attention_enhanced(to_target, attention)
             losses["gan_local"] = adversarial_loss(self.d_local(enhanced), True, self.gan_mode)
         generator_loss = sum(self.lambda_cycle * v if k == "cycle" else v for k, v in losses.items())
-        for d in (self.d_target, self.d_source, self.d_local):
-            if d is not None:
-                d.requires_grad_(False)
+        for d in self.discriminators:
+            d.requires_grad_(False)
         self.optimizer_g.zero_grad(set_to_none=True)
         generator_loss.backward()
         self.optimizer_g.step()
-        for d in (self.d_target, self.d_source, self.d_local):
-            if d is not None:
-                d.requires_grad_(True)
+        for d in self.discriminators:
+            d.requires_grad_(True)
         losses["d_target"] = discriminator_loss(self.d_target, target, self.pools["target"].query(to_target),
                                                 self.gan_mode)
         losses["d_source"] = discriminator_loss(self.d_source, source, self.pools["source"].query(to_source),

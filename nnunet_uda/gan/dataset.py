@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, save_json
 from nnunet_uda.domains import TABLE_KEY, DomainTable
-from nnunet_uda.gan.slices import image_size
 from nnunet_uda.gan.translation import translate_image_file
 
 
@@ -71,12 +70,11 @@ def write_translated_dataset(raw: Path, dataset_json: Mapping, generators: Mappi
                 for case in sources:
                     new = translated_case(case, domain)
                     image = raw / "imagesTr" / f"{case}_0000{ending}"
-                    translate_image_file(generators[domain], image, tmp / "imagesTr" / f"{new}_0000{ending}",
-                                         batch_size, device)
+                    slices += translate_image_file(generators[domain], image,
+                                                   tmp / "imagesTr" / f"{new}_0000{ending}", batch_size, device)
                     shutil.copy2(raw / "labelsTr" / f"{case}{ending}", tmp / "labelsTr" / f"{new}{ending}")
                     cases[new] = {"domain": domain, "labels": "ground_truth", "translated_from": case,
                                   "annotated_labels": list(table.annotated_labels(case))}
-                    slices += image_size(image)[2]
                     bar.update()
         seconds = time.perf_counter() - start
         for case in table.cases_of(domains):

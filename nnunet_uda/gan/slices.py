@@ -34,9 +34,10 @@ def fit_slices(volume: np.ndarray, size: tuple[int, int], fill: float) -> np.nda
     return out
 
 
-def read_slices(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, H, W) axial slices of every (harmonised) volume in ``paths``."""
-    volumes = [fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, -1.0)
+def read_slices(paths: Sequence[Path], size: tuple[int, int], fill: float = -1.0) -> torch.Tensor:
+    """(N, 1, H, W) float32 axial slices of every volume in ``paths`` (harmonised images, padded
+    with -1; label maps with ``fill`` 0)."""
+    volumes = [fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, fill)
                for p in paths]
     return torch.from_numpy(np.concatenate(volumes)).unsqueeze(1)
 
@@ -114,10 +115,3 @@ def read_attention(probability_files: Sequence[Sequence[Path]], size: tuple[int,
     maps = [fit_slices(1.0 - np.mean([np.load(p)["probabilities"][0] for p in files], 0), size, 0.0)
             for files in probability_files]
     return torch.from_numpy(np.concatenate(maps).astype(np.float32)).unsqueeze(1)
-
-
-def read_labels(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, H, W) label slices, padded with background."""
-    volumes = [fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, 0.0)
-               for p in paths]
-    return torch.from_numpy(np.concatenate(volumes)).long().unsqueeze(1)

@@ -30,9 +30,9 @@ def translate_volume(generator: torch.nn.Module, volume: np.ndarray, batch_size:
 
 
 def translate_image_file(generator: torch.nn.Module, source: Path, destination: Path, batch_size: int = 16,
-                         device: torch.device | str = "cpu") -> None:
+                         device: torch.device | str = "cpu") -> int:
     """Read ``source`` (a harmonised 3D image), translate it and write ``destination``, harmonised as
-    MRI, with the source's geometry."""
+    MRI, with the source's geometry; returns the number of slices translated."""
     image = sitk.ReadImage(str(source))
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{source}: expected a 3D single-channel image, got {image.GetDimension()}D with "
@@ -41,3 +41,4 @@ def translate_image_file(generator: torch.nn.Module, source: Path, destination: 
     translated = sitk.GetImageFromArray(harmonize(translate_volume(generator, volume, batch_size, device), "MR"))
     translated.CopyInformation(image)
     sitk.WriteImage(translated, str(destination))
+    return volume.shape[0]
