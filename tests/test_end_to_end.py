@@ -158,6 +158,7 @@ def test_cyclegan_training_from_the_dataset_with_the_trained_model_as_segmenter(
     assert probabilities["probabilities"].shape[1:] == sitk.GetArrayFromImage(image).shape
     for name in ("generator_final.pth", "checkpoint_latest.pth", "preview_epoch_001.png", "losses.png"):
         assert (out / name).is_file(), name
+    assert not (out / "slice_cache").exists()  # the memory-mapped slices are removed after training
     state = torch.load(out / "checkpoint_latest.pth", weights_only=False)
     assert "gan_local" in state["history"][0] and state["settings"]["attention"]
 

@@ -197,6 +197,13 @@ def test_slices_fit_one_size_and_batch_unpaired(tmp_path):
     assert source.shape == target.shape == attention.shape == (4, 1, 8, 8)
     with pytest.raises(ValueError, match="attention maps .* do not match the source slices"):
         UnpairedSlices(slices, slices, slices[:3])
+    paths = [tmp_path / "0.nii.gz", tmp_path / "1.nii.gz"]
+    mapped = read_slices(paths, (8, 8), cache=tmp_path / "slices.f32")
+    assert torch.equal(mapped, slices) and (tmp_path / "slices.f32").stat().st_size == 7 * 8 * 8 * 4
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 10, 7), 3, np.uint8)), str(tmp_path / "label.nii.gz"))
+    labels = read_slices([tmp_path / "label.nii.gz"], (8, 8), fill=0.0, dtype=np.uint8, cache=tmp_path / "labels.u8")
+    assert labels.dtype == torch.uint8 and (tmp_path / "labels.u8").stat().st_size == 3 * 8 * 8
+    assert torch.all(labels[:, 0, :, :7] == 3) and torch.all(labels[:, 0, :, 7] == 0)
 
 
 def test_training_writes_previews_and_resumes_where_it_stopped(tmp_path):

@@ -13,16 +13,20 @@ configuration; the example's is ``nnUNetTrainerSourceOnly``, 3d_fullres, ResEnc 
 fixed, its softmax is computed once per source volume by nnU-Net's own predictor (sliding window,
 mirroring, the folds given by ``-f`` averaged) and sliced with the images: an adaptation of
 eq. 4's per-image S(X^s) to nnU-Net's 3D models. ``--no_attention`` trains the plain CycleGAN
-(the ablation). Interrupted runs continue from the last finished epoch when run again.
+(the ablation). Interrupted runs continue from the last finished epoch when run again. Slices are
+memory-mapped from ``<output>/slice_cache`` during training, so memory does not grow with the number
+of source volumes.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from nnunet_uda.data.raw import find_raw_dataset, load_dataset_json, save_json
+from nnunet_uda.data.raw import find_raw_dataset, image_file, load_dataset_json, save_json
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.gan.slices import CycleGANCases, UnpairedSlices, read_attention, read_slices, slice_size_of
 from nnunet_uda.gan.training import CycleGANSettings, train_cyclegan
@@ -64,10 +68,12 @@ def main(argv=None) -> None:
     ending = dataset_json["file_ending"]
 
     def image(case):
-        return raw / "imagesTr" / f"{case}_0000{ending}"
+        return image_file(raw / "imagesTr", case, ending)
     size = slice_size_of([image(c) for c in cases.source + cases.target])
     output = Path(args.o)
     output.mkdir(parents=True, exist_ok=True)
+    cache = output / "slice_cache"  # memory-mapped slices (nnunet_uda.gan.slices), removed after training
+    cache.mkdir(exist_ok=True)
     attention = None
     if not args.no_attention:
         probabilities = output / "attention_probabilities"
@@ -75,10 +81,11 @@ def main(argv=None) -> None:
                       {c: table.domain_of(c) for c in cases.source}, probabilities, ending,
                       device=torch.device(args.device))
         attention = read_attention([[fold_folder(probabilities, f) / f"{c}.npz" for f in args.f]
-                                    for c in cases.source], size)
-    data = UnpairedSlices(read_slices([image(c) for c in cases.source], size),
-                          read_slices([image(c) for c in cases.target], size), attention)
-    labels = read_slices([raw / "labelsTr" / f"{c}{ending}" for c in cases.source], size, fill=0.0).long()
+                                    for c in cases.source], size, cache / "attention.f32")
+    data = UnpairedSlices(read_slices([image(c) for c in cases.source], size, cache=cache / "source.f32"),
+                          read_slices([image(c) for c in cases.target], size, cache=cache / "target.f32"), attention)
+    labels = read_slices([raw / "labelsTr" / f"{c}{ending}" for c in cases.source], size, fill=0.0, dtype=np.uint8,
+                         cache=cache / "labels.u8")
     settings = CycleGANSettings(args.epochs, args.iterations, args.batch_size, not args.no_attention, args.width,
                                 args.n_blocks, args.discriminator_layers, args.seed)
     save_json({"dataset": raw.name, "target_domain": args.target, "source_modality": cases.source_modality,
@@ -89,6 +96,7 @@ def main(argv=None) -> None:
           f"{args.target} cases ({len(data.target)} slices), slices {size[0]} x {size[1]}, "
           f"{'organ attention' if attention is not None else 'no attention'}")
     history = train_cyclegan(data, settings, output, args.device, labels)
+    shutil.rmtree(cache)
     print("final epoch: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items())
           + f"\ngenerator: {output / 'generator_final.pth'}; previews and losses.png in {output}")
 

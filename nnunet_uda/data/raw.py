@@ -37,6 +37,11 @@ def find_raw_dataset(dataset: str | int) -> Path:
     return matches[0]
 
 
+def image_file(folder: Path, case: str, ending: str, channel: int = 0) -> Path:
+    """nnU-Net's name of one channel of a case's image in an images folder: ``<case>_0000<ending>``."""
+    return Path(folder) / f"{case}_{channel:04d}{ending}"
+
+
 def load_dataset_json(folder: Path) -> dict:
     path = Path(folder) / "dataset.json"
     if not path.is_file():

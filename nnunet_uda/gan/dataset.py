@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 from tqdm import tqdm
 
-from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, save_json
+from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, image_file, save_json
 from nnunet_uda.domains import TABLE_KEY, DomainTable
 from nnunet_uda.gan.translation import translate_image_file
 
@@ -69,22 +69,21 @@ def write_translated_dataset(raw: Path, dataset_json: Mapping, generators: Mappi
             for domain in domains:
                 for case in sources:
                     new = translated_case(case, domain)
-                    image = raw / "imagesTr" / f"{case}_0000{ending}"
-                    slices += translate_image_file(generators[domain], image,
-                                                   tmp / "imagesTr" / f"{new}_0000{ending}", batch_size, device)
+                    slices += translate_image_file(generators[domain], image_file(raw / "imagesTr", case, ending),
+                                                   image_file(tmp / "imagesTr", new, ending), batch_size, device)
                     shutil.copy2(raw / "labelsTr" / f"{case}{ending}", tmp / "labelsTr" / f"{new}{ending}")
                     cases[new] = {"domain": domain, "labels": "ground_truth", "translated_from": case,
                                   "annotated_labels": list(table.annotated_labels(case))}
                     bar.update()
         seconds = time.perf_counter() - start
         for case in table.cases_of(domains):
-            shutil.copy2(raw / "imagesTr" / f"{case}_0000{ending}", tmp / "imagesTr")
+            shutil.copy2(image_file(raw / "imagesTr", case, ending), tmp / "imagesTr")
             shutil.copy2(raw / "labelsTr" / f"{case}{ending}", tmp / "labelsTr")
             cases[case] = stored["cases"][case]
         tests = {c: e for c, e in stored.get("test_cases", {}).items() if e["domain"] in domains}
-        for folder, pattern in (("imagesTs", "{}_0000{}"), ("labelsTs", "{}{}")):
-            for case in tests:
-                path = raw / folder / pattern.format(case, ending)
+        for case in tests:
+            for folder, path in (("imagesTs", image_file(raw / "imagesTs", case, ending)),
+                                 ("labelsTs", raw / "labelsTs" / f"{case}{ending}")):
                 if path.is_file():
                     (tmp / folder).mkdir(exist_ok=True)
                     shutil.copy2(path, tmp / folder)

@@ -8,17 +8,20 @@ axial slice is centre-cropped or centre-padded to one in-plane size, so slices o
 different sizes batch together; padding uses -1, the harmonised range's floor (air in CT, signal
 void in MRI), and 0 for attention maps. Source and target slices are drawn independently: the
 domains are unpaired.
+
+With ``cache`` the slices are written to a file volume by volume and memory-mapped, so a training
+set of thousands of volumes (FLARE's CT) needs one volume's memory, not the whole set's; the
+operating system keeps the slices that batches draw in its page cache.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-
 
 
 def fit_slices(volume: np.ndarray, size: tuple[int, int], fill: float) -> np.ndarray:
@@ -34,12 +37,27 @@ def fit_slices(volume: np.ndarray, size: tuple[int, int], fill: float) -> np.nda
     return out
 
 
-def read_slices(paths: Sequence[Path], size: tuple[int, int], fill: float = -1.0) -> torch.Tensor:
-    """(N, 1, H, W) float32 axial slices of every volume in ``paths`` (harmonised images, padded
-    with -1; label maps with ``fill`` 0)."""
-    volumes = [fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, fill)
-               for p in paths]
-    return torch.from_numpy(np.concatenate(volumes)).unsqueeze(1)
+def stack_slices(volumes: Iterable[np.ndarray], size: tuple[int, int], dtype=np.float32,
+                 cache: Path | None = None) -> torch.Tensor:
+    """(N, 1, H, W) tensor of the (Z, H, W) fitted volumes, in memory, or with ``cache`` written to
+    that file one volume at a time and memory-mapped."""
+    if cache is None:
+        return torch.from_numpy(np.concatenate([v.astype(dtype) for v in volumes])).unsqueeze(1)
+    n = 0
+    with open(cache, "wb") as f:
+        for volume in volumes:
+            f.write(np.ascontiguousarray(volume, dtype).tobytes())
+            n += len(volume)
+    return torch.from_numpy(np.memmap(cache, dtype, "r+", shape=(n, 1, *size)))
+
+
+def read_slices(paths: Sequence[Path], size: tuple[int, int], fill: float = -1.0, dtype=np.float32,
+                cache: Path | None = None) -> torch.Tensor:
+    """(N, 1, H, W) axial slices of every volume in ``paths`` (harmonised images, padded with -1;
+    label maps with ``fill`` 0 and an integer ``dtype``), in memory or memory-mapped from ``cache``."""
+    volumes = (fit_slices(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.float32), size, fill)
+               for p in paths)
+    return stack_slices(volumes, size, dtype, cache)
 
 
 @dataclass
@@ -108,10 +126,11 @@ def slice_size_of(paths: Sequence[Path]) -> tuple[int, int]:
     return max(y for _, y in sizes), max(x for x, _ in sizes)
 
 
-def read_attention(probability_files: Sequence[Sequence[Path]], size: tuple[int, int]) -> torch.Tensor:
+def read_attention(probability_files: Sequence[Sequence[Path]], size: tuple[int, int],
+                   cache: Path | None = None) -> torch.Tensor:
     """(N, 1, H, W) organ attention A = 1 - p_background (eqs. 4-5) of every axial slice, per case
     from nnU-Net's exported softmax probabilities of one or more folds (``<case>.npz``, key
-    ``probabilities``, (C, Z, Y, X)), averaged over the folds."""
-    maps = [fit_slices(1.0 - np.mean([np.load(p)["probabilities"][0] for p in files], 0), size, 0.0)
-            for files in probability_files]
-    return torch.from_numpy(np.concatenate(maps).astype(np.float32)).unsqueeze(1)
+    ``probabilities``, (C, Z, Y, X)), averaged over the folds; in memory or memory-mapped from ``cache``."""
+    maps = (fit_slices(1.0 - np.mean([np.load(p)["probabilities"][0] for p in files], 0), size, 0.0)
+            for files in probability_files)
+    return stack_slices(maps, size, np.float32, cache)
