@@ -13,7 +13,8 @@ Per setting, through nnU-Net's commands:
 - AICL: ``nnUNetTrainerAICL``;
 - AICL with l_csc in its InfoNCE form: ``nnUNetTrainerAICL_InfoNCECSC``;
 - AICL with l_csc in its InfoNCE form and the amplitude-aware soft Dice as phi:
-  ``nnUNetTrainerAICL_DiceCSC``.
+  ``nnUNetTrainerAICL_DiceCSC``, and the same with the paper's optimiser (Adam 1e-4):
+  ``nnUNetTrainerAICL_DiceCSC_Adam``.
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
@@ -43,7 +44,8 @@ METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL w/o l_fpc, l_csc": "nnUNetTrainerAICL_noFPC_noCSC",
            "AICL, l_csc in InfoNCE form": "nnUNetTrainerAICL_InfoNCECSC",
            "AICL": "nnUNetTrainerAICL",
-           "AICL, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_DiceCSC"}
+           "AICL, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_DiceCSC",
+           "AICL, soft Dice phi, the paper's Adam 1e-4": "nnUNetTrainerAICL_DiceCSC_Adam"}
 TARGETS = ("T1", "T2")
 
 

@@ -36,6 +36,16 @@ def test_variants_switch_terms_and_warm_up():
     assert cold["fpc"] == pytest.approx(0.5 * 5 / 20) and cold["supUL"] == pytest.approx(0.75)
 
 
+def test_paper_optimizer_is_adam_at_a_constant_1e_4():
+    from nnunet_uda.training.aicl import nnUNetTrainerAICL_DiceCSC_Adam
+    trainer = object.__new__(nnUNetTrainerAICL_DiceCSC_Adam)
+    trainer.network, trainer.num_epochs = torch.nn.Linear(2, 2), 10
+    optimizer, scheduler = trainer.configure_optimizers()
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["weight_decay"] == 1e-5
+    scheduler.step(7)
+    assert optimizer.param_groups[0]["lr"] == 1e-4
+
+
 def test_contrastive_gradients_reach_the_encoder_and_its_conditional_norms():
     from nnunet_uda.nn.conditional_norm import ConditionalInstanceNorm
     torch.manual_seed(0)

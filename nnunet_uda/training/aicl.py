@@ -30,7 +30,8 @@ l_csc ramps in (README, AICL effectiveness).
 Adaptations to nnU-Net, stated:
 
 - optimiser and learning rate stay nnU-Net's (SGD, poly schedule from 1e-2) instead of the paper's
-  Adam 1e-4 for SwinUNETR and U-Net: nnU-Net's networks and schedules are tuned together;
+  Adam 1e-4 for SwinUNETR and U-Net: nnU-Net's networks and schedules are tuned together
+  (``paper_optimizer`` switches to the paper's);
 - the contrast features are the output of the encoder stage at cumulative stride 4
   (:func:`~nnunet_uda.organ_extents.contrast_stage`): the paper's F_m lives at H/4 x W/4 x D/4
   (section 2.1) and maps ps = 7 to image patches of 24-32 voxels (Fig. 6), i.e. stride 4. It is an
@@ -59,6 +60,8 @@ Adaptations to nnU-Net, stated:
   negatives vanish) nor the cosine holds a map's amplitude, so a faint target copy of the twin's
   maps, with every argmax lost to the background, scores as well as the twin's own; the soft Dice
   in the InfoNCE form penalises it (:mod:`~nnunet_uda.losses.structural_consistency`);
+- ``paper_optimizer`` (default False) trains with the paper's Adam, learning rate 1e-4 held
+  constant, weight decay 1e-5 (``nnUNetTrainerAICL_DiceCSC_Adam``);
 - the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
   value); tau = 0.07 (PatchNCE's; the paper gives no value).
 
@@ -81,6 +84,7 @@ the anatomy, as the paper intends.
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
 from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
@@ -119,6 +123,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     temperature = 0.07
     use_fpc = True
     use_csc = True
+    #: the paper's Adam (lr 1e-4, constant; weight decay 1e-5) instead of nnU-Net's SGD (section 3.2)
+    paper_optimizer = False
     #: PGPS cuboid size at the feature resolution (odd per axis); None: planned, else the paper's 7
     pgps_patch_size: tuple[int, int, int] | None = None
     organ_adaptive_patches = False
@@ -144,6 +150,13 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
                                    f"(plans[\"{PLANS_KEY}\"][\"pgps\"]); plan with nnUNetv2_uda_plan_and_preprocess")
             organ_sizes = {self.domain_table.label_names[o]: s for o, s in planned["organ_patch_sizes"].items()}
         return OrganPatchSampler(size, organ_sizes)
+
+    def configure_optimizers(self):
+        if not self.paper_optimizer:
+            return super().configure_optimizers()
+        self.initial_lr, self.weight_decay = 1e-4, 1e-5
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
 
     # ------------------------------------------------------------------ schedule (section 3.2)
     @property
@@ -208,6 +221,11 @@ class nnUNetTrainerAICL_DiceCSC(nnUNetTrainerAICL):
     cosine (module docstring)."""
     csc_similarity = "dice"
     csc_temperature = 0.1
+
+
+class nnUNetTrainerAICL_DiceCSC_Adam(nnUNetTrainerAICL_DiceCSC):
+    """``nnUNetTrainerAICL_DiceCSC`` with the paper's optimiser: Adam, lr 1e-4 constant, weight decay 1e-5."""
+    paper_optimizer = True
 
 
 class nnUNetTrainerAICL_ColdStart(nnUNetTrainerAICL):
