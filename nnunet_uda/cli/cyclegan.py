@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -50,6 +52,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@contextmanager
+def slice_cache(output: Path) -> Iterator[Path]:
+    """``<output>/slice_cache`` for the memory-mapped slices (:mod:`nnunet_uda.gan.slices`), removed when
+    training ends, finished or not."""
+    cache = output / "slice_cache"
+    cache.mkdir(exist_ok=True)
+    try:
+        yield cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not args.no_attention and not args.segmenter:
@@ -72,31 +86,30 @@ def main(argv=None) -> None:
     size = slice_size_of([image(c) for c in cases.source + cases.target])
     output = Path(args.o)
     output.mkdir(parents=True, exist_ok=True)
-    cache = output / "slice_cache"  # memory-mapped slices (nnunet_uda.gan.slices), removed after training
-    cache.mkdir(exist_ok=True)
-    attention = None
-    if not args.no_attention:
-        probabilities = output / "attention_probabilities"
-        predict_folds(Path(args.segmenter), args.f, {c: [image(c)] for c in cases.source},
-                      {c: table.domain_of(c) for c in cases.source}, probabilities, ending,
-                      device=torch.device(args.device))
-        attention = read_attention([[fold_folder(probabilities, f) / f"{c}.npz" for f in args.f]
-                                    for c in cases.source], size, cache / "attention.f32")
-    data = UnpairedSlices(read_slices([image(c) for c in cases.source], size, cache=cache / "source.f32"),
-                          read_slices([image(c) for c in cases.target], size, cache=cache / "target.f32"), attention)
-    labels = read_slices([raw / "labelsTr" / f"{c}{ending}" for c in cases.source], size, fill=0.0, dtype=np.uint8,
-                         cache=cache / "labels.u8")
-    settings = CycleGANSettings(args.epochs, args.iterations, args.batch_size, not args.no_attention, args.width,
-                                args.n_blocks, args.discriminator_layers, args.seed)
-    save_json({"dataset": raw.name, "target_domain": args.target, "source_modality": cases.source_modality,
-               "target_modality": cases.target_modality, "slice_size": list(size), "source_cases": cases.source,
-               "target_cases": cases.target, "segmenter": args.segmenter, "segmenter_folds": args.f},
-              output / "cyclegan.json")
-    print(f"{len(cases.source)} {cases.source_modality} cases ({len(data.source)} slices) -> {len(cases.target)} "
-          f"{args.target} cases ({len(data.target)} slices), slices {size[0]} x {size[1]}, "
-          f"{'organ attention' if attention is not None else 'no attention'}")
-    history = train_cyclegan(data, settings, output, args.device, labels)
-    shutil.rmtree(cache)
+    with slice_cache(output) as cache:
+        attention = None
+        if not args.no_attention:
+            probabilities = output / "attention_probabilities"
+            predict_folds(Path(args.segmenter), args.f, {c: [image(c)] for c in cases.source},
+                          {c: table.domain_of(c) for c in cases.source}, probabilities, ending,
+                          device=torch.device(args.device))
+            attention = read_attention([[fold_folder(probabilities, f) / f"{c}.npz" for f in args.f]
+                                        for c in cases.source], size, cache / "attention.f32")
+        data = UnpairedSlices(read_slices([image(c) for c in cases.source], size, cache=cache / "source.f32"),
+                              read_slices([image(c) for c in cases.target], size, cache=cache / "target.f32"),
+                              attention)
+        labels = read_slices([raw / "labelsTr" / f"{c}{ending}" for c in cases.source], size, fill=0.0,
+                             dtype=np.uint8, cache=cache / "labels.u8")
+        settings = CycleGANSettings(args.epochs, args.iterations, args.batch_size, not args.no_attention, args.width,
+                                    args.n_blocks, args.discriminator_layers, args.seed)
+        save_json({"dataset": raw.name, "target_domain": args.target, "source_modality": cases.source_modality,
+                   "target_modality": cases.target_modality, "slice_size": list(size), "source_cases": cases.source,
+                   "target_cases": cases.target, "segmenter": args.segmenter, "segmenter_folds": args.f},
+                  output / "cyclegan.json")
+        print(f"{len(cases.source)} {cases.source_modality} cases ({len(data.source)} slices) -> "
+              f"{len(cases.target)} {args.target} cases ({len(data.target)} slices), slices {size[0]} x {size[1]}, "
+              f"{'organ attention' if attention is not None else 'no attention'}")
+        history = train_cyclegan(data, settings, output, args.device, labels)
     print("final epoch: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items())
           + f"\ngenerator: {output / 'generator_final.pth'}; previews and losses.png in {output}")
 
