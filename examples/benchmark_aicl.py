@@ -13,8 +13,10 @@ Per setting, through nnU-Net's commands:
 - AICL: ``nnUNetTrainerAICL``;
 - AICL with l_csc in its InfoNCE form: ``nnUNetTrainerAICL_InfoNCECSC``;
 - AICL with l_csc in its InfoNCE form and the amplitude-aware soft Dice as phi:
-  ``nnUNetTrainerAICL_DiceCSC``, and the same with the paper's optimiser (Adam 1e-4):
-  ``nnUNetTrainerAICL_DiceCSC_Adam``.
+  ``nnUNetTrainerAICL_DiceCSC``;
+- with the paper's optimiser (Adam, lr 1e-4 constant) instead of nnU-Net's SGD: pseudo-label only
+  (``nnUNetTrainerUDA_Adam``), AICL without l_fpc and l_csc (``nnUNetTrainerAICL_noFPC_noCSC_Adam``)
+  and AICL with the soft Dice phi (``nnUNetTrainerAICL_DiceCSC_Adam``).
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
@@ -45,6 +47,8 @@ METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL, l_csc in InfoNCE form": "nnUNetTrainerAICL_InfoNCECSC",
            "AICL": "nnUNetTrainerAICL",
            "AICL, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_DiceCSC",
+           "pseudo-label only, the paper's Adam 1e-4": "nnUNetTrainerUDA_Adam",
+           "AICL w/o l_fpc, l_csc, the paper's Adam 1e-4": "nnUNetTrainerAICL_noFPC_noCSC_Adam",
            "AICL, soft Dice phi, the paper's Adam 1e-4": "nnUNetTrainerAICL_DiceCSC_Adam"}
 TARGETS = ("T1", "T2")
 

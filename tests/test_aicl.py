@@ -36,14 +36,24 @@ def test_variants_switch_terms_and_warm_up():
     assert cold["fpc"] == pytest.approx(0.5 * 5 / 20) and cold["supUL"] == pytest.approx(0.75)
 
 
-def test_paper_optimizer_is_adam_at_a_constant_1e_4():
-    from nnunet_uda.training.aicl import nnUNetTrainerAICL_DiceCSC_Adam
-    trainer = object.__new__(nnUNetTrainerAICL_DiceCSC_Adam)
+@pytest.mark.parametrize("name", ["nnUNetTrainerAICL_DiceCSC_Adam", "nnUNetTrainerAICL_noFPC_noCSC_Adam",
+                                  "nnUNetTrainerUDA_Adam"])
+def test_paper_optimizer_is_adam_at_a_constant_1e_4(name):
+    import nnunet_uda.training
+    trainer = object.__new__(getattr(nnunet_uda.training, name))
     trainer.network, trainer.num_epochs = torch.nn.Linear(2, 2), 10
     optimizer, scheduler = trainer.configure_optimizers()
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["weight_decay"] == 1e-5
     scheduler.step(7)
     assert optimizer.param_groups[0]["lr"] == 1e-4
+
+
+def test_without_paper_optimizer_the_optimizer_is_nnunets_sgd():
+    from nnunet_uda.training import nnUNetTrainerUDA
+    trainer = object.__new__(nnUNetTrainerAICL_noFPC_noCSC)
+    trainer.network, trainer.num_epochs, trainer.initial_lr, trainer.weight_decay = torch.nn.Linear(2, 2), 10, 1e-2, 3e-5
+    optimizer, _ = trainer.configure_optimizers()
+    assert type(optimizer) is torch.optim.SGD and not nnUNetTrainerUDA.paper_optimizer
 
 
 def test_contrastive_gradients_reach_the_encoder_and_its_conditional_norms():

@@ -64,8 +64,9 @@ Adaptations to nnU-Net, stated:
   the paired REG phantom after a 1000-iteration warm-up: eq. 5 as printed trains the target maps
   into such copies (l_csc 0.008 at the trained weights, below the one-hot labels' 0.49; T1 test
   Dice 0.21 against 0.72 without l_csc and l_fpc);
-- ``paper_optimizer`` (default False) trains with the paper's Adam, learning rate 1e-4 held
-  constant, weight decay 1e-5 (``nnUNetTrainerAICL_DiceCSC_Adam``);
+- ``paper_optimizer`` (the base trainer's switch, default False) trains with the paper's Adam,
+  learning rate 1e-4 held constant, weight decay 1e-5 (``nnUNetTrainerAICL_DiceCSC_Adam``; its
+  baselines ``nnUNetTrainerUDA_Adam`` and ``nnUNetTrainerAICL_noFPC_noCSC_Adam``);
 - the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
   value); tau = 0.07 (PatchNCE's; the paper gives no value).
 
@@ -88,7 +89,6 @@ the anatomy, as the paper intends.
 from __future__ import annotations
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
 from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
@@ -127,8 +127,6 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     temperature = 0.07
     use_fpc = True
     use_csc = True
-    #: the paper's Adam (lr 1e-4, constant; weight decay 1e-5) instead of nnU-Net's SGD (section 3.2)
-    paper_optimizer = False
     #: PGPS cuboid size at the feature resolution (odd per axis); None: planned, else the paper's 7
     pgps_patch_size: tuple[int, int, int] | None = None
     organ_adaptive_patches = False
@@ -154,13 +152,6 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
                                    f"(plans[\"{PLANS_KEY}\"][\"pgps\"]); plan with nnUNetv2_uda_plan_and_preprocess")
             organ_sizes = {self.domain_table.label_names[o]: s for o, s in planned["organ_patch_sizes"].items()}
         return OrganPatchSampler(size, organ_sizes)
-
-    def configure_optimizers(self):
-        if not self.paper_optimizer:
-            return super().configure_optimizers()
-        self.initial_lr, self.weight_decay = 1e-4, 1e-5
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
 
     # ------------------------------------------------------------------ schedule (section 3.2)
     @property
@@ -213,6 +204,11 @@ class nnUNetTrainerAICL_noFPC_noCSC(nnUNetTrainerAICL):
     """Ablation (Table 3, first row): focal-Dice supervision (l_sup, l_supUL) only."""
     use_fpc = False
     use_csc = False
+
+
+class nnUNetTrainerAICL_noFPC_noCSC_Adam(nnUNetTrainerAICL_noFPC_noCSC):
+    """The first ablation with the paper's optimiser, the baseline of ``nnUNetTrainerAICL_DiceCSC_Adam``."""
+    paper_optimizer = True
 
 
 class nnUNetTrainerAICL_InfoNCECSC(nnUNetTrainerAICL):

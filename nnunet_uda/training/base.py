@@ -37,6 +37,7 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -81,6 +82,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
     #: batches of modality pairs (target case and its source twin): True requires them, None uses
     #: them where the domain table pairs target and source cases, False never
     twin_batches: bool | None = False
+    #: the AICL paper's optimiser (section 3.2: Adam, lr 1e-4 held constant, weight decay 1e-5)
+    #: instead of nnU-Net's SGD with momentum 0.99 and the poly schedule from 1e-2
+    paper_optimizer: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -209,6 +213,13 @@ class nnUNetTrainerUDA(nnUNetTrainer):
 
     def autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def configure_optimizers(self):
+        if not self.paper_optimizer:
+            return super().configure_optimizers()
+        self.initial_lr, self.weight_decay = 1e-4, 1e-5
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
 
     # ------------------------------------------------------------------ loss
     def _build_loss(self):
@@ -414,3 +425,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
                 self.label_manager.ignore_label, chill=True, num_processes=default_num_processes)
             self.print_to_log_file("Mean validation Dice over all domains:", metrics["foreground_mean"]["Dice"],
                                    also_print_to_console=True)
+
+
+class nnUNetTrainerUDA_Adam(nnUNetTrainerUDA):
+    """Pseudo-label training with the AICL paper's optimiser (``paper_optimizer``): the baseline of
+    ``nnUNetTrainerAICL_DiceCSC_Adam``."""
+    paper_optimizer = True
