@@ -6,8 +6,9 @@ For a preprocessed AICL dataset and a trained model of the same plans (e.g. the 
 on batches from ``nnUNetTrainerAICL``'s own loader (twin batches on paired data, else mixed
 domains with batch mirroring):
 
-1. each term of eq. 6 (l_sup, l_supUL, l_csc with and without the fixed source maps, l_fpc) and the
-   norm of its gradient over the network's parameters, at the trained weights;
+1. each term of eq. 6 (l_sup, l_supUL, l_csc with and without the trainer's anchors
+   (``csc_anchors``), l_fpc) and the norm of its gradient over the network's parameters, at the
+   trained weights;
 2. l_csc of the one-hot labels (hand-drawn and initial pseudo labels) as if they were the
    prediction, against its value for uniform maps: where the labels score higher, eq. 5 rewards
    moving predictions away from the anatomy; and for the labels with the target samples' organs
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
-from nnunet_uda.losses.structural_consistency import contrast_classes, fixed_maps, structural_consistency_loss
+from nnunet_uda.losses.structural_consistency import contrast_classes, structural_consistency_loss
 from nnunet_uda.pipeline import nnunet_environment
 from nnunet_uda.planning import DEFAULT_PLANS
 
@@ -85,10 +86,10 @@ def main(argv=None) -> None:
         patches = trainer.patch_sampler(output.encoder[trainer.contrast_stage], probs)
         supervised = {source: trainer.supervised_loss(output.logits, target, trainer.batch_annotations(keys, source))
                       for source in ("ground_truth", "pseudo")}
-        maps = fixed_maps(probs, trainer.batch_is_source(domains))
+        maps = trainer.csc_maps(probs, keys, domains)
         terms = {"l_sup": supervised["ground_truth"], "l_supUL": supervised["pseudo"],
                  "l_csc, both sides free": structural_consistency_loss(probs, domains, shown, pairs=pairs),
-                 **{f"l_csc, target maps, {name}": structural_consistency_loss(maps, domains, shown, t, pairs, phi)
+                 **{f"l_csc, anchored, {name}": structural_consistency_loss(maps, domains, shown, t, pairs, phi)
                     for name, (t, phi) in forms.items()},
                  "l_fpc": patch_contrastive_loss(patches.embeddings, patches.present, trainer.temperature)}
         for name, value in terms.items():

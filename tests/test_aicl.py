@@ -36,6 +36,24 @@ def test_variants_switch_terms_and_warm_up():
     assert cold["fpc"] == pytest.approx(0.5 * 5 / 20) and cold["supUL"] == pytest.approx(0.75)
 
 
+def test_labeled_anchors_hold_the_hand_labeled_maps_of_each_sample():
+    from nnunet_uda.training import nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors
+    trainer = object.__new__(nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors)
+    trainer.device = torch.device("cpu")
+    hand = {"ct_1": np.array([1, 1, 1, 0], bool), "t1_1": np.array([1, 0, 0, 1], bool)}  # organs 1-2 / organ 3
+    trainer._case_annotated = {"ground_truth": hand}
+    probs = torch.softmax(torch.randn(2, 4, 3, 3, 3), 1).requires_grad_()
+    trainer.csc_maps(probs, ["ct_1", "t1_1"], torch.tensor([0, 1]))[:, 1:].sum().backward()
+    moved = probs.grad.flatten(2).abs().sum(2) > 0
+    assert torch.equal(moved[:, 1:], torch.tensor([[False, False, True], [True, True, False]]))
+
+
+def test_unknown_csc_anchors_are_refused_before_training():
+    trainer = object.__new__(type("Bad", (nnUNetTrainerAICL,), {"csc_anchors": "target"}))
+    with pytest.raises(ValueError, match="csc_anchors = 'target'; choose one of 'source', 'labeled', None"):
+        trainer.initialize()
+
+
 @pytest.mark.parametrize("name", ["nnUNetTrainerAICL_DiceCSC_Adam", "nnUNetTrainerAICL_noFPC_noCSC_Adam",
                                   "nnUNetTrainerUDA_Adam"])
 def test_paper_optimizer_is_adam_at_a_constant_1e_4(name):

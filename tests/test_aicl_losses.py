@@ -271,3 +271,12 @@ def test_fixed_maps_keep_csc_gradients_off_the_fixed_samples():
     assert torch.equal(maps, probs)
     structural_consistency_loss(maps, torch.tensor([0, 1, 2]), torch.ones(3, 3, dtype=torch.bool)).backward()
     assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0 and logits.grad[2].abs().sum() > 0
+
+
+def test_fixed_maps_per_class_keep_csc_gradients_off_the_fixed_classes_only():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 4, 4, 4, 4), 1).requires_grad_()
+    fixed = torch.tensor([[True, True, True, False], [True, False, False, True]])  # e.g. hand-labeled classes
+    structural_consistency_loss(fixed_maps(probs, fixed), torch.tensor([0, 1]), torch.ones(2, 3, dtype=torch.bool)).backward()
+    moved = probs.grad.flatten(2).abs().sum(2) > 0
+    assert torch.equal(moved[:, 1:], ~fixed[:, 1:])  # background is outside l_csc

@@ -3,4 +3,4 @@ from nnunet_uda.training import (nnUNetTrainerAICL, nnUNetTrainerAICL_ColdStart,
                                  nnUNetTrainerAICL_noFPC, nnUNetTrainerAICL_noFPC_noCSC,
                                  nnUNetTrainerAICL_OrganAdaptive, nnUNetTrainerAICL_InfoNCECSC,
                                  nnUNetTrainerAICL_DiceCSC, nnUNetTrainerAICL_DiceCSC_Adam,
-                                 nnUNetTrainerAICL_noFPC_noCSC_Adam)
+                                 nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors, nnUNetTrainerAICL_noFPC_noCSC_Adam)

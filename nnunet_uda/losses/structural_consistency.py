@@ -54,9 +54,10 @@ def contrast_classes(labels: torch.Tensor, annotated: torch.Tensor, probs: torch
 
 
 def fixed_maps(probs: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """``probs`` with the samples where ``fixed`` (B,) is true detached: l_csc then moves only the
-    other samples' maps towards theirs."""
-    return torch.where(fixed.view(-1, *[1] * (probs.dim() - 1)), probs.detach(), probs)
+    """``probs`` (B, C, *s) with the maps where ``fixed`` is true detached: ``fixed`` (B,) holds whole
+    samples, (B, C) single classes of single samples. l_csc then moves only the other maps towards
+    them."""
+    return torch.where(fixed.view(*fixed.shape, *[1] * (probs.dim() - fixed.dim())), probs.detach(), probs)
 
 
 SIMILARITIES = ("cosine", "dice")

@@ -50,8 +50,17 @@ Adaptations to nnU-Net, stated:
   mirroring moves every organ (left and right kidney trade places); at the phantom's true labels,
   l_csc over CT-T1 samples averages 0.72 with one orientation and 39.9 with independent mirroring.
   Each sample is still mirrored with nnU-Net's probabilities, and so at test time;
-- l_csc does not move the source modality's maps (``csc_fixed_source``): its gradient reaches the
-  target samples' predictions only, so the labeled modality's maps stay what l_sup makes them;
+- l_csc holds some maps fixed (``csc_anchors``) so that hand-labeled maps stay what l_sup makes
+  them. ``"source"`` (default) holds the source modality's maps: its gradient reaches the target
+  samples' predictions only. ``"labeled"`` holds, per organ, the maps of the samples whose labels
+  for that organ are hand-drawn, and moves the others, those of either modality; organs labeled by
+  hand in neither sample of a pair move on both sides, as eq. 5 prints it. That is the paper's
+  setting, in which each modality has manual labels for some organs (TAO: EOM and ON on T1, LG on
+  T1c). Measured on the paired REG phantom, whose CT has no manual gallbladder and whose T1 has one:
+  with the source held, the CT gallbladder, taught by nothing once lambda_supUL reaches 0, pulled
+  the target maps towards it. Test gallbladder Dice with ``_DiceCSC_Adam`` was 0.23 (CT), 0.38 (T1,
+  hand-labeled) and 0.23 (T2), against 0.54, 0.89 and 0.91 without l_csc and l_fpc
+  (``nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors``);
 - ``csc_temperature`` (default None: eq. 5 as printed, phi itself) scores exp(phi / tau) instead,
   the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4
   (``nnUNetTrainerAICL_InfoNCECSC``, tau = 0.1);
@@ -97,6 +106,9 @@ from nnunet_uda.organ_extents import contrast_stage, pgps_patch_size, planned_pg
 from nnunet_uda.planning import PLANS_KEY
 from nnunet_uda.training.base import nnUNetTrainerUDA
 
+#: the choices of ``nnUNetTrainerAICL.csc_anchors``
+CSC_ANCHORS = ("source", "labeled", None)
+
 
 def ramp(t: float, start: float, length: float) -> float:
     """min(1, max(0, (t - start) / length)); a step at ``start`` when ``length`` is 0."""
@@ -110,8 +122,9 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     #: modality pairs of one subject where the domain table has them (module docstring)
     twin_batches = None
     batch_mirroring = True
-    #: l_csc moves the target samples' maps only (see the module docstring)
-    csc_fixed_source = True
+    #: maps l_csc holds fixed: "source" (the source modality's), "labeled" (per organ, the hand-labeled
+    #: samples'), or None (none, as eq. 5 prints it); see the module docstring
+    csc_anchors: str | None = "source"
     #: l_csc scores exp(phi / tau) with this tau; None: phi itself, as eq. 5 prints it (module docstring)
     csc_temperature: float | None = None
     #: phi of l_csc: "cosine" as eq. 5 prints it, or "dice", the amplitude-aware soft Dice (module docstring)
@@ -132,6 +145,9 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     organ_adaptive_patches = False
 
     def initialize(self):
+        if self.csc_anchors not in CSC_ANCHORS:
+            raise ValueError(f"{self.__class__.__name__}.csc_anchors = {self.csc_anchors!r}; choose one of "
+                             f"{', '.join(map(repr, CSC_ANCHORS))}")
         super().initialize()
         strides = self.configuration_manager.network_arch_init_kwargs["strides"]
         self.contrast_stage = contrast_stage(strides)
@@ -152,6 +168,14 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
                                    f"(plans[\"{PLANS_KEY}\"][\"pgps\"]); plan with nnUNetv2_uda_plan_and_preprocess")
             organ_sizes = {self.domain_table.label_names[o]: s for o, s in planned["organ_patch_sizes"].items()}
         return OrganPatchSampler(size, organ_sizes)
+
+    def csc_maps(self, probs: torch.Tensor, keys, domains: torch.Tensor) -> torch.Tensor:
+        """The soft predictions l_csc compares, with the anchors ``csc_anchors`` names detached."""
+        if self.csc_anchors == "source":
+            return fixed_maps(probs, self.batch_is_source(domains))
+        if self.csc_anchors == "labeled":
+            return fixed_maps(probs, self.batch_annotations(keys, "ground_truth"))
+        return probs
 
     # ------------------------------------------------------------------ schedule (section 3.2)
     @property
@@ -177,8 +201,7 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
             probs = torch.softmax(logits[0].float(), 1)
         if weights["csc"] > 0:
             shown = contrast_classes(target[0], self.batch_annotations(keys), probs.detach())
-            maps = fixed_maps(probs, self.batch_is_source(domains)) if self.csc_fixed_source else probs
-            losses["csc"] = structural_consistency_loss(maps, domains, shown, self.csc_temperature,
+            losses["csc"] = structural_consistency_loss(self.csc_maps(probs, keys, domains), domains, shown, self.csc_temperature,
                                                         self.batch_twin_pairs(len(keys)), self.csc_similarity)
         if weights["fpc"] > 0:
             patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
@@ -226,6 +249,12 @@ class nnUNetTrainerAICL_DiceCSC(nnUNetTrainerAICL):
 class nnUNetTrainerAICL_DiceCSC_Adam(nnUNetTrainerAICL_DiceCSC):
     """``nnUNetTrainerAICL_DiceCSC`` with the paper's optimiser: Adam, lr 1e-4 constant, weight decay 1e-5."""
     paper_optimizer = True
+
+
+class nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors(nnUNetTrainerAICL_DiceCSC_Adam):
+    """``nnUNetTrainerAICL_DiceCSC_Adam`` whose l_csc holds, per organ, the hand-labeled maps fixed
+    instead of the source modality's (module docstring)."""
+    csc_anchors = "labeled"
 
 
 class nnUNetTrainerAICL_ColdStart(nnUNetTrainerAICL):
