@@ -16,7 +16,9 @@ Per setting, through nnU-Net's commands:
   ``nnUNetTrainerAICL_DiceCSC``;
 - with the paper's optimiser (Adam, lr 1e-4 constant) instead of nnU-Net's SGD: pseudo-label only
   (``nnUNetTrainerUDA_Adam``), AICL without l_fpc and l_csc (``nnUNetTrainerAICL_noFPC_noCSC_Adam``)
-  and AICL with the soft Dice phi (``nnUNetTrainerAICL_DiceCSC_Adam``).
+  and AICL with the soft Dice phi (``nnUNetTrainerAICL_DiceCSC_Adam``), the latter also with l_csc
+  holding the hand-labeled maps of each organ fixed rather than the source modality's
+  (``nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors``).
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
@@ -49,7 +51,8 @@ METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_DiceCSC",
            "pseudo-label only, the paper's Adam 1e-4": "nnUNetTrainerUDA_Adam",
            "AICL w/o l_fpc, l_csc, the paper's Adam 1e-4": "nnUNetTrainerAICL_noFPC_noCSC_Adam",
-           "AICL, soft Dice phi, the paper's Adam 1e-4": "nnUNetTrainerAICL_DiceCSC_Adam"}
+           "AICL, soft Dice phi, the paper's Adam 1e-4": "nnUNetTrainerAICL_DiceCSC_Adam",
+           "the same, l_csc anchored at the hand-labeled maps": "nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors"}
 TARGETS = ("T1", "T2")
 
 
