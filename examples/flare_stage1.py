@@ -10,7 +10,12 @@ Through the real commands:
    dataset holding both, planning, ``nnUNetTrainerSelfTraining`` fold 0 on the translated CT (the
    paper trains nnU-Net's own ResEnc M on it; that trainer is nnU-Net's network and sampling with
    the brief-run variables), and the target test sets predicted and evaluated;
-4. a figure of source, translated (with and without attention) and real target slices.
+4. the self-training rounds (section 2.3) from the organ-attention round 0: every fold (``--folds``)
+   of ``nnUNetTrainerSelfTraining`` on the translated CT, then per round (``--rounds``)
+   ``nnUNetv2_uda_pseudolabel`` (the ``--top`` most fold-consistent unlabeled target cases per
+   modality, fused labels) into a new dataset holding the translated CT and them, and every fold
+   of ``nnUNetTrainerSelfTraining`` on it; each round's fold ensemble predicts the test sets;
+5. a figure of source, translated (with and without attention) and real target slices.
 
 The ceiling comes from ``examples/benchmark_domain_gap.py`` (``--gap``, its ``domain_gap.json``,
 run with the same ``--epochs``, ``--iterations`` and case counts); each method's share of the
@@ -36,22 +41,27 @@ import SimpleITK as sitk  # noqa: E402
 
 from nnunet_uda.data.raw import dataset_folder_name  # noqa: E402
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, final_checkpoint,  # noqa: E402
-                                 nnunet_environment, prepare_phantom, train_and_evaluate)
+                                 nnunet_environment, prepare_phantom, self_training_round, train_and_evaluate)
 
 TARGETS = ("T1", "T2")
+ROUND_TRAINER = "nnUNetTrainerSelfTraining"
 FLOOR, CEILING = "source only (floor)", "supervised on target (ceiling)"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="benchmark_output/stage1")
-    parser.add_argument("--dataset", type=int, default=985, help="ids DATASET (phantom), +1 and +2 (translated)")
+    parser.add_argument("--dataset", type=int, default=985,
+                        help="ids DATASET (phantom), +1 and +2 (translated), +2+R (round R)")
     parser.add_argument("--gap", help="domain_gap.json of examples/benchmark_domain_gap.py, for the ceiling")
     parser.add_argument("--gan_epochs", type=int, default=10)
     parser.add_argument("--gan_iterations", type=int, default=200)
     parser.add_argument("--gan_width", type=int, default=32)
     parser.add_argument("--gan_blocks", type=int, default=6)
     parser.add_argument("--n_gan_target", type=int, default=16, help="target cases the CycleGAN trains on")
+    parser.add_argument("--rounds", type=int, default=1, help="self-training rounds after round 0 (0: none)")
+    parser.add_argument("--folds", type=int, default=5, help="folds of round 0 and of every round")
+    parser.add_argument("--top", type=int, default=8, help="pseudo-labeled cases selected per target modality")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
@@ -66,6 +76,23 @@ def train_translation(run: Runner, work: Path, dataset_id: int, domain: str, att
             str(args.gan_width), "--n_blocks", str(args.gan_blocks), "--discriminator_layers", "2", "--n_target",
             str(args.n_gan_target), "-device", "cpu")
     return out
+
+
+def self_training(run: Runner, work: Path, round0_id: int, args) -> dict[str, dict]:
+    """Round 0 (the organ-attention translated dataset ``round0_id``) with every fold, then
+    ``args.rounds`` pseudo-label rounds; the test results of each round's fold ensemble."""
+    folds = list(range(args.folds))
+    rows, dataset_id = {}, round0_id
+    raw = Path(run.env["nnUNet_raw"]) / dataset_folder_name(round0_id, "UDAPhantomTranslated")
+    for r in range(args.rounds + 1):
+        if r:
+            raw = self_training_round(run, work / f"pseudolabels_round{r}", dataset_id, ROUND_TRAINER, folds,
+                                      args.dataset + 2 + r, args.top)
+            dataset_id = args.dataset + 2 + r
+        if args.rounds:
+            rows[f"round {r}, {args.folds}-fold ensemble"] = train_and_evaluate(run, work, raw, dataset_id,
+                                                                               ROUND_TRAINER, folds)["mean"]
+    return rows
 
 
 def gap_closed(dice: float, floor: float, ceiling: float | None) -> str:
@@ -131,7 +158,8 @@ def main(argv=None) -> dict:
                 "2")
         translated[name] = folder
         rows[f"nnU-Net on CT translated, {name}"] = train_and_evaluate(run, work, folder, dataset_id,
-                                                                       "nnUNetTrainerSelfTraining")["mean"]
+                                                                       ROUND_TRAINER)["mean"]
+    rows.update(self_training(run, work, args.dataset + 1, args))
     ceiling = None
     if args.gap:
         gap = json.loads(Path(args.gap).read_text())["results"]
@@ -139,8 +167,9 @@ def main(argv=None) -> dict:
         ceiling = target_mean(gap[CEILING])
     settings = (f"phantom 24x24x24, {args.n_source} CT + {args.n_target} per target training cases; CycleGAN "
                 f"{args.gan_epochs} x {args.gan_iterations} iterations, width {args.gan_width}, {args.gan_blocks} "
-                f"blocks, from {args.n_gan_target} target cases; nnU-Net fold 0, {args.epochs} epochs x "
-                f"{args.iterations} iterations, batch 2, ResEnc M, CPU")
+                f"blocks, from {args.n_gan_target} target cases; nnU-Net fold 0 (rounds: {args.folds} folds, "
+                f"top {args.top} per modality), {args.epochs} epochs x {args.iterations} iterations, batch 2, "
+                f"ResEnc M, CPU")
     table = markdown(rows, ceiling, settings)
     (work / "stage1.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
     (work / "stage1.md").write_text(table + "\n")

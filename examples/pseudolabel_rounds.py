@@ -26,7 +26,8 @@ convention for organs all folds miss, from the same fold predictions.
 
 Writes ``rounds.json``, ``rounds.md`` and ``selection.png`` (score against true Dice per target
 modality) to ``--work``; the round's own report (``report.json``, ``scores.png``, ``examples.png``)
-is in ``--work/pseudolabels_round1``. Finished trainings and predictions are reused.
+is in ``--work/pseudolabels_round1``. Finished trainings, predictions and the round's dataset are
+reused.
 
     python examples/pseudolabel_rounds.py --work benchmark_output/rounds
     python examples/pseudolabel_rounds.py --work benchmark_output/rounds_semi --semi_supervised 0.25 \
@@ -46,12 +47,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from nnunet_uda.data.raw import dataset_folder_name, load_dataset_json  # noqa: E402
+from nnunet_uda.data.raw import load_dataset_json  # noqa: E402
 from nnunet_uda.domains import DomainTable  # noqa: E402
 from nnunet_uda.evaluation.report import evaluate_folder  # noqa: E402
-from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, nnunet_environment,  # noqa: E402
-                                 prepare_phantom, train_and_evaluate)
-from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
+from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnunet_environment,  # noqa: E402
+                                 prepare_phantom, self_training_round, train_and_evaluate)
 from nnunet_uda.pseudolabels.rounds import RoundInputs, score_case  # noqa: E402
 from nnunet_uda.pseudolabels.selection import SelectionRule, select_cases  # noqa: E402
 
@@ -79,15 +79,6 @@ def parse_args(argv=None):
 
 def target_means(summary: dict, targets) -> dict[str, dict[str, float]]:
     return {d: {m: summary["mean"][d]["average"][m] for m in ("dice", "nsd", "hd95")} for d in targets}
-
-
-def pseudolabel_round(run: Runner, dataset_id: int, trainer: str, folds: list[int], top: int, work: Path,
-                      absent_agreement: float) -> Path:
-    """``nnUNetv2_uda_pseudolabel`` from round 0's model to dataset ``dataset_id + 1``."""
-    run("pseudo-label", command("nnUNetv2_uda_pseudolabel"), "-d", str(dataset_id), "-o", str(dataset_id + 1),
-        "-tr", trainer, "-p", DEFAULT_PLANS, "-f", *map(str, folds), "--top", str(top), "-work", str(work),
-        "--absent_agreement", str(absent_agreement), "-device", "cpu", "--overwrite")
-    return work
 
 
 def true_fused_dice(raw: Path, round_work: Path, cases) -> dict[str, float]:
@@ -184,12 +175,9 @@ def main(argv=None) -> dict:
     targets = DomainTable.from_dataset_json(load_dataset_json(raw0)).target
     rounds = {"round 0": {"trainer": args.round0_trainer, "dataset": args.dataset,
                           "summary": train_and_evaluate(run, work, raw0, args.dataset, args.round0_trainer, folds)}}
-    round_work = pseudolabel_round(run, args.dataset, args.round0_trainer, folds, args.top,
-                                   work / "pseudolabels_round1", args.absent_agreement)
-    d1 = args.dataset + 1
-    raw1 = Path(run.env["nnUNet_raw"]) / dataset_folder_name(d1, "UDAPhantomRound1")
-    run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(d1), "-bs", "2",
-        "-folds", str(args.folds))
+    round_work, d1 = work / "pseudolabels_round1", args.dataset + 1
+    raw1 = self_training_round(run, round_work, args.dataset, args.round0_trainer, folds, d1, args.top,
+                               args.absent_agreement)
     rounds["round 1"] = {"trainer": ROUND_TRAINER, "dataset": d1,
                          "summary": train_and_evaluate(run, work, raw1, d1, ROUND_TRAINER, folds)}
     for r in rounds.values():

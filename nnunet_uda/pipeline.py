@@ -145,7 +145,7 @@ def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trai
     evaluation, each through its command line; returns the evaluation summary. A finished training
     (``checkpoint_final.pth``) is not repeated, an interrupted one resumes (``--c``), and an
     evaluation newer than every fold's checkpoint is reused, so an interrupted benchmark resumes."""
-    tag = f"{dataset_id}_{trainer}"
+    tag = f"{dataset_id}_{trainer}" + ("" if list(folds) == [0] else "_folds" + "".join(map(str, folds)))
     summary = Path(work) / f"evaluation_{tag}" / "summary.json"
     finals = [final_checkpoint(run, raw, trainer, f) for f in folds]
     if all(f.is_file() for f in finals) and summary.is_file() and \
@@ -172,6 +172,23 @@ def train_folds(run: Runner, raw: Path, dataset_id: int, trainer: str, folds: Se
             resume = ("--c",) if (final.parent / "checkpoint_latest.pth").is_file() else ()
             run("train", command("nnUNetv2_train"), str(dataset_id), "3d_fullres", str(fold), "-tr", trainer,
                 "-p", DEFAULT_PLANS, "-device", "cpu", *resume)
+
+
+def self_training_round(run: Runner, work: Path, dataset_id: int, trainer: str, folds: Sequence[int], new_id: int,
+                        top: int, absent_agreement: float = 1.0) -> Path:
+    """The data of a pseudo-label round: ``nnUNetv2_uda_pseudolabel`` from the ``folds`` of ``trainer``
+    on ``dataset_id`` (fold predictions, fused labels and report in ``work``) into dataset
+    ``new_id``, then planned with as many folds; returns its raw folder. A dataset ``new_id`` already
+    written is reused."""
+    def written() -> list[Path]:
+        return sorted(Path(run.env["nnUNet_raw"]).glob(f"Dataset{new_id:03d}_*/dataset.json"))
+    if not written():
+        run("pseudo-label", command("nnUNetv2_uda_pseudolabel"), "-d", str(dataset_id), "-o", str(new_id),
+            "-tr", trainer, "-p", DEFAULT_PLANS, "-f", *map(str, folds), "--top", str(top), "-work", str(work),
+            "--absent_agreement", str(absent_agreement), "-device", "cpu", "--overwrite")
+    run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(new_id), "-bs", "2",
+        "-folds", str(len(folds)))
+    return written()[0].parent
 
 
 def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,
