@@ -78,20 +78,22 @@ def train_translation(run: Runner, work: Path, dataset_id: int, domain: str, att
     return out
 
 
-def self_training(run: Runner, work: Path, round0_id: int, args) -> dict[str, dict]:
-    """Round 0 (the organ-attention translated dataset ``round0_id``) with every fold, then
-    ``args.rounds`` pseudo-label rounds; the test results of each round's fold ensemble."""
+def self_training(run: Runner, work: Path, round0: Path, round0_id: int, args) -> dict[str, dict]:
+    """Round 0 (the organ-attention translated dataset ``round0``, id ``round0_id``) with every fold,
+    then ``args.rounds`` pseudo-label rounds; the test results of each round's fold ensemble."""
+    if not args.rounds:
+        return {}
     folds = list(range(args.folds))
-    rows, dataset_id = {}, round0_id
-    raw = Path(run.env["nnUNet_raw"]) / dataset_folder_name(round0_id, "UDAPhantomTranslated")
+    raw, dataset_id = round0, round0_id
+    rows = {}
     for r in range(args.rounds + 1):
         if r:
-            raw = self_training_round(run, work / f"pseudolabels_round{r}", dataset_id, ROUND_TRAINER, folds,
-                                      args.dataset + 2 + r, args.top)
-            dataset_id = args.dataset + 2 + r
-        if args.rounds:
-            rows[f"round {r}, {args.folds}-fold ensemble"] = train_and_evaluate(run, work, raw, dataset_id,
-                                                                               ROUND_TRAINER, folds)["mean"]
+            new_id = args.dataset + 2 + r
+            raw = self_training_round(run, work / f"pseudolabels_round{r}", dataset_id, ROUND_TRAINER, folds, new_id,
+                                      args.top)
+            dataset_id = new_id
+        rows[f"round {r}, {args.folds}-fold ensemble"] = train_and_evaluate(run, work, raw, dataset_id, ROUND_TRAINER,
+                                                                           folds)["mean"]
     return rows
 
 
@@ -159,7 +161,7 @@ def main(argv=None) -> dict:
         translated[name] = folder
         rows[f"nnU-Net on CT translated, {name}"] = train_and_evaluate(run, work, folder, dataset_id,
                                                                        ROUND_TRAINER)["mean"]
-    rows.update(self_training(run, work, args.dataset + 1, args))
+    rows.update(self_training(run, work, translated["organ attention"], args.dataset + 1, args))
     ceiling = None
     if args.gap:
         gap = json.loads(Path(args.gap).read_text())["results"]

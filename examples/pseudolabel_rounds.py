@@ -26,8 +26,7 @@ convention for organs all folds miss, from the same fold predictions.
 
 Writes ``rounds.json``, ``rounds.md`` and ``selection.png`` (score against true Dice per target
 modality) to ``--work``; the round's own report (``report.json``, ``scores.png``, ``examples.png``)
-is in ``--work/pseudolabels_round1``. Finished trainings, predictions and the round's dataset are
-reused.
+is in ``--work/pseudolabels_round1``. Finished trainings and predictions are reused.
 
     python examples/pseudolabel_rounds.py --work benchmark_output/rounds
     python examples/pseudolabel_rounds.py --work benchmark_output/rounds_semi --semi_supervised 0.25 \

@@ -177,18 +177,15 @@ def train_folds(run: Runner, raw: Path, dataset_id: int, trainer: str, folds: Se
 def self_training_round(run: Runner, work: Path, dataset_id: int, trainer: str, folds: Sequence[int], new_id: int,
                         top: int, absent_agreement: float = 1.0) -> Path:
     """The data of a pseudo-label round: ``nnUNetv2_uda_pseudolabel`` from the ``folds`` of ``trainer``
-    on ``dataset_id`` (fold predictions, fused labels and report in ``work``) into dataset
-    ``new_id``, then planned with as many folds; returns its raw folder. A dataset ``new_id`` already
-    written is reused."""
-    def written() -> list[Path]:
-        return sorted(Path(run.env["nnUNet_raw"]).glob(f"Dataset{new_id:03d}_*/dataset.json"))
-    if not written():
-        run("pseudo-label", command("nnUNetv2_uda_pseudolabel"), "-d", str(dataset_id), "-o", str(new_id),
-            "-tr", trainer, "-p", DEFAULT_PLANS, "-f", *map(str, folds), "--top", str(top), "-work", str(work),
-            "--absent_agreement", str(absent_agreement), "-device", "cpu", "--overwrite")
+    on ``dataset_id`` into dataset ``new_id`` (replaced if there), then planned with as many folds;
+    returns its raw folder. The command keeps its fold predictions in ``work`` and reuses them, so a
+    repeated round only selects and writes again."""
+    run("pseudo-label", command("nnUNetv2_uda_pseudolabel"), "-d", str(dataset_id), "-o", str(new_id),
+        "-tr", trainer, "-p", DEFAULT_PLANS, "-f", *map(str, folds), "--top", str(top), "-work", str(work),
+        "--absent_agreement", str(absent_agreement), "-device", "cpu", "--overwrite")
     run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(new_id), "-bs", "2",
         "-folds", str(len(folds)))
-    return written()[0].parent
+    return next(Path(run.env["nnUNet_raw"]).glob(f"Dataset{new_id:03d}_*"))
 
 
 def phantom_experiment(run: Runner, work: Path, dataset_id: int, trainer: str, phantom: PhantomSettings,
