@@ -54,14 +54,15 @@ METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
            "AICL, soft Dice phi, the paper's Adam 1e-4": "nnUNetTrainerAICL_DiceCSC_Adam",
            "the same, l_csc anchored at the hand-labeled maps": "nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors"}
 TARGETS = ("T1", "T2")
+PSEUDO_KINDS = ("reg", "sreg")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="benchmark_output/aicl")
     parser.add_argument("--gap", required=True, help="domain_gap.json of examples/benchmark_domain_gap.py")
-    parser.add_argument("--dataset", type=int, default=970, help="ids DATASET, DATASET+1, ... per setting")
-    parser.add_argument("--pseudo", nargs="+", default=["reg", "sreg"], choices=["reg", "sreg"])
+    parser.add_argument("--dataset", type=int, default=970, help="id of the REG setting; S-REG is DATASET+1")
+    parser.add_argument("--pseudo", nargs="+", default=list(PSEUDO_KINDS), choices=PSEUDO_KINDS)
     parser.add_argument("--unpaired", action="store_true", help="different subjects per modality (no twin batches)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS.values()), default=list(METHODS.values()),
                         help="the trainers to run (default: all)")
@@ -100,8 +101,8 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
     measured = {}
-    for offset, kind in enumerate(args.pseudo):
-        dataset_id = args.dataset + offset
+    for kind in args.pseudo:
+        dataset_id = args.dataset + PSEUDO_KINDS.index(kind)
         flags = ("--partial_labels", "--pseudo_labels", kind, *(() if args.unpaired else ("--paired",)))
         raw = prepare_phantom(run, dataset_id, PhantomSettings(n_source=args.n_source, n_target=args.n_target,
                                                                flags=flags))
