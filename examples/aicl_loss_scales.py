@@ -16,7 +16,7 @@ domains with batch mirroring):
    scores as the labels do, l_csc does not hold the target's amplitude.
 
 Both for eq. 5 as printed and for its InfoNCE form at each ``--csc_temperatures`` value, with the
-cosine as phi, and with the soft Dice (``nnUNetTrainerAICL_DiceCSC``) at ``--dice_temperatures``.
+cosine as phi, and with the soft Dice (``nnUNetTrainerAICL``'s phi) at ``--dice_temperatures``.
 
     python examples/aicl_loss_scales.py --work benchmark_output/aicl -d 970 --weights_of nnUNetTrainerUDA
 

@@ -7,18 +7,16 @@ manual labels, registration-like (``reg``, the paper's REG) or strongly shifted 
 Per setting, through nnU-Net's commands:
 
 - initial pseudo labels: the pseudo-labeled target training cases scored against their truth;
-- pseudo-label only: ``nnUNetTrainerUDA`` (conditional norms, trained on manual and initial pseudo
-  labels alike: the paper's CIN-seg);
+- pseudo-label only: ``nnUNetTrainerUDA_Adam`` (conditional norms, trained on manual and initial
+  pseudo labels alike with AICL's optimiser: the paper's CIN-seg);
 - AICL without l_fpc and l_csc: ``nnUNetTrainerAICL_noFPC_noCSC``;
 - AICL: ``nnUNetTrainerAICL``;
-- AICL with l_csc in its InfoNCE form: ``nnUNetTrainerAICL_InfoNCECSC``;
-- AICL with l_csc in its InfoNCE form and the amplitude-aware soft Dice as phi:
-  ``nnUNetTrainerAICL_DiceCSC``;
-- with the paper's optimiser (Adam, lr 1e-4 constant) instead of nnU-Net's SGD: pseudo-label only
-  (``nnUNetTrainerUDA_Adam``), AICL without l_fpc and l_csc (``nnUNetTrainerAICL_noFPC_noCSC_Adam``)
-  and AICL with the soft Dice phi (``nnUNetTrainerAICL_DiceCSC_Adam``), the latter also with l_csc
-  holding the hand-labeled maps of each organ fixed rather than the source modality's
-  (``nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors``).
+
+and with ``--methods``, the other variants: l_csc holding the source modality's maps
+(``nnUNetTrainerAICL_SourceAnchors``), and under nnU-Net's SGD pseudo-label only
+(``nnUNetTrainerUDA``), the ablation (``nnUNetTrainerAICL_SGD_noFPC_noCSC``), eq. 5 as printed
+(``nnUNetTrainerAICL_SGD_Eq5``), its InfoNCE form (``nnUNetTrainerAICL_SGD_InfoNCECSC``) and
+that with the soft Dice phi (``nnUNetTrainerAICL_SGD_DiceCSC``).
 
 The floor (``nnUNetTrainerSourceOnly``) and the ceiling (supervised on target) come from the
 domain-gap benchmark (``--gap``, its ``domain_gap.json``; run ``examples/benchmark_domain_gap.py``
@@ -27,7 +25,8 @@ first with the same ``--epochs``, ``--iterations``, case counts and ``--paired``
 ceiling's test sets and training images are these.
 Each method's share of the floor-to-ceiling gap closed is (Dice - floor) / (ceiling - floor), on
 the target domains. The gap file is read once the trainings are done, so both benchmarks can run at
-the same time. Finished trainings are reused, so an interrupted run resumes.
+the same time. Finished trainings are reused, so an interrupted run resumes. Writes
+``aicl_reg.json``/``.md`` and ``aicl_sreg.json``/``.md`` to ``--work``, one per setting run.
 
     python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap --paired
     python examples/benchmark_aicl.py --work benchmark_output/aicl --gap benchmark_output/domain_gap/domain_gap.json
@@ -44,15 +43,16 @@ from nnunet_uda.evaluation.report import evaluate_folder
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom,
                                  train_and_evaluate)
 
-METHODS = {"pseudo-label only (CIN-seg)": "nnUNetTrainerUDA",
+METHODS = {"pseudo-label only (CIN-seg), nnU-Net's SGD": "nnUNetTrainerUDA",
+           "AICL w/o l_fpc, l_csc, nnU-Net's SGD": "nnUNetTrainerAICL_SGD_noFPC_noCSC",
+           "AICL, nnU-Net's SGD, eq. 5 as printed": "nnUNetTrainerAICL_SGD_Eq5",
+           "AICL, nnU-Net's SGD, l_csc in InfoNCE form": "nnUNetTrainerAICL_SGD_InfoNCECSC",
+           "AICL, nnU-Net's SGD, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_SGD_DiceCSC",
+           "pseudo-label only (CIN-seg)": "nnUNetTrainerUDA_Adam",
            "AICL w/o l_fpc, l_csc": "nnUNetTrainerAICL_noFPC_noCSC",
-           "AICL, l_csc in InfoNCE form": "nnUNetTrainerAICL_InfoNCECSC",
-           "AICL": "nnUNetTrainerAICL",
-           "AICL, l_csc InfoNCE with soft Dice phi": "nnUNetTrainerAICL_DiceCSC",
-           "pseudo-label only, the paper's Adam 1e-4": "nnUNetTrainerUDA_Adam",
-           "AICL w/o l_fpc, l_csc, the paper's Adam 1e-4": "nnUNetTrainerAICL_noFPC_noCSC_Adam",
-           "AICL, soft Dice phi, the paper's Adam 1e-4": "nnUNetTrainerAICL_DiceCSC_Adam",
-           "the same, l_csc anchored at the hand-labeled maps": "nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors"}
+           "AICL, source maps held in l_csc": "nnUNetTrainerAICL_SourceAnchors",
+           "AICL": "nnUNetTrainerAICL"}
+DEFAULT_METHODS = ("nnUNetTrainerUDA_Adam", "nnUNetTrainerAICL_noFPC_noCSC", "nnUNetTrainerAICL")
 TARGETS = ("T1", "T2")
 PSEUDO_KINDS = ("reg", "sreg")
 
@@ -64,8 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", type=int, default=970, help="id of the REG setting; S-REG is DATASET+1")
     parser.add_argument("--pseudo", nargs="+", default=list(PSEUDO_KINDS), choices=PSEUDO_KINDS)
     parser.add_argument("--unpaired", action="store_true", help="different subjects per modality (no twin batches)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS.values()), default=list(METHODS.values()),
-                        help="the trainers to run (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS.values()), default=list(DEFAULT_METHODS),
+                        help="the trainers to run (default: %(default)s)")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
@@ -120,14 +120,16 @@ def main(argv=None) -> None:
     floor, ceiling = target_mean(gap[floor_name], "dice"), target_mean(gap[ceiling_name], "dice")
     results = {kind: {floor_name: gap[floor_name], **rows, ceiling_name: gap[ceiling_name]}
                for kind, rows in measured.items()}
-    text = [tables(f"{kind.upper()} initial pseudo labels", rows, floor, ceiling) for kind, rows in results.items()]
     settings = (f"phantom 24x24x24, {'unpaired' if args.unpaired else 'paired'}, partial labels, "
                 f"{args.n_source} CT + {args.n_target} per target training cases, "
                 f"5 test cases per domain; {args.epochs} epochs x {args.iterations} iterations, batch 2, ResEnc M "
                 f"3d_fullres, CPU")
+    text = []
+    for kind, rows in results.items():
+        text.append(tables(f"{kind.upper()} initial pseudo labels", rows, floor, ceiling))
+        (work / f"aicl_{kind}.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
+        (work / f"aicl_{kind}.md").write_text(settings + "\n\n" + text[-1] + "\n")
     report = settings + "\n\n" + "\n\n".join(text) + "\n"
-    (work / "aicl_benchmark.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
-    (work / "aicl_benchmark.md").write_text(report)
     print("\n" + report + "\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items()))
 
 

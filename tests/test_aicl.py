@@ -37,8 +37,7 @@ def test_variants_switch_terms_and_warm_up():
 
 
 def test_labeled_anchors_hold_the_hand_labeled_maps_of_each_sample():
-    from nnunet_uda.training import nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors
-    trainer = object.__new__(nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors)
+    trainer = object.__new__(nnUNetTrainerAICL)  # csc_anchors = "labeled" by default
     trainer.device = torch.device("cpu")
     hand = {"ct_1": np.array([1, 1, 1, 0], bool), "t1_1": np.array([1, 0, 0, 1], bool)}  # organs 1-2 / organ 3
     trainer._case_annotated = {"ground_truth": hand}
@@ -54,8 +53,7 @@ def test_unknown_csc_anchors_are_refused_before_training():
         trainer.initialize()
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerAICL_DiceCSC_Adam", "nnUNetTrainerAICL_noFPC_noCSC_Adam",
-                                  "nnUNetTrainerUDA_Adam"])
+@pytest.mark.parametrize("name", ["nnUNetTrainerAICL", "nnUNetTrainerAICL_noFPC_noCSC", "nnUNetTrainerUDA_Adam"])
 def test_paper_optimizer_is_adam_at_a_constant_1e_4(name):
     import nnunet_uda.training
     trainer = object.__new__(getattr(nnunet_uda.training, name))
@@ -66,12 +64,13 @@ def test_paper_optimizer_is_adam_at_a_constant_1e_4(name):
     assert optimizer.param_groups[0]["lr"] == 1e-4
 
 
-def test_without_paper_optimizer_the_optimizer_is_nnunets_sgd():
-    from nnunet_uda.training import nnUNetTrainerUDA
-    trainer = object.__new__(nnUNetTrainerAICL_noFPC_noCSC)
+@pytest.mark.parametrize("name", ["nnUNetTrainerUDA", "nnUNetTrainerAICL_SGD_Eq5", "nnUNetTrainerAICL_SGD_noFPC_noCSC"])
+def test_without_paper_optimizer_the_optimizer_is_nnunets_sgd(name):
+    import nnunet_uda.training
+    trainer = object.__new__(getattr(nnunet_uda.training, name))
     trainer.network, trainer.num_epochs, trainer.initial_lr, trainer.weight_decay = torch.nn.Linear(2, 2), 10, 1e-2, 3e-5
     optimizer, _ = trainer.configure_optimizers()
-    assert type(optimizer) is torch.optim.SGD and not nnUNetTrainerUDA.paper_optimizer
+    assert type(optimizer) is torch.optim.SGD
 
 
 def test_contrastive_gradients_reach_the_encoder_and_its_conditional_norms():

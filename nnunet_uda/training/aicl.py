@@ -28,11 +28,13 @@ epochs (``nnUNet_uda_iterations``) shorten the warm-up with them: at 25 iteratio
 l_csc ramps in; at 100 iterations per epoch (1000 iterations of warm-up) it segments every organ by
 then (README, AICL effectiveness).
 
-Adaptations to nnU-Net, stated:
+Adaptations to nnU-Net, stated. The defaults are the recipe that measured best on the phantom
+(README, AICL effectiveness); the variants at the end of the module keep the others:
 
-- optimiser and learning rate stay nnU-Net's (SGD, poly schedule from 1e-2) instead of the paper's
-  Adam 1e-4 for SwinUNETR and U-Net: nnU-Net's networks and schedules are tuned together
-  (``paper_optimizer`` switches to the paper's);
+- optimiser: the paper's Adam, learning rate 1e-4 held constant, weight decay 1e-5
+  (``paper_optimizer``, a switch of the base trainer) rather than nnU-Net's SGD with its poly
+  schedule from 1e-2. Under SGD (momentum 0.99) the soft-Dice l_csc below diverged at lambda_csc
+  0.67 (``nnUNetTrainerAICL_SGD_DiceCSC``);
 - the contrast features are the output of the encoder stage at cumulative stride 4
   (:func:`~nnunet_uda.organ_extents.contrast_stage`): the paper's F_m lives at H/4 x W/4 x D/4
   (section 2.1) and maps ps = 7 to image patches of 24-32 voxels (Fig. 6), i.e. stride 4. It is an
@@ -50,35 +52,30 @@ Adaptations to nnU-Net, stated:
   mirroring moves every organ (left and right kidney trade places); at the phantom's true labels,
   l_csc over CT-T1 samples averages 0.72 with one orientation and 39.9 with independent mirroring.
   Each sample is still mirrored with nnU-Net's probabilities, and so at test time;
+- phi of l_csc (``csc_similarity``, ``csc_temperature``): the soft Dice overlap
+  2 <a, b> / (|a|^2 + |b|^2) in the InfoNCE form exp(phi / tau), tau = 0.1, the form of eq. 4 and
+  of the loss the paper cites for eq. 5 (van den Oord et al.). Eq. 5 as printed (phi itself, the
+  cosine; ``csc_temperature = None``, ``csc_similarity = "cosine"``) sees neither a map's
+  amplitude nor, where the negatives vanish, the positive's scale, so a faint target copy of the
+  twin's maps, with every argmax lost to the background, scores as well as the twin's own
+  (:mod:`~nnunet_uda.losses.structural_consistency`). Measured on the paired REG phantom after a
+  1000-iteration warm-up: eq. 5 as printed trains the target maps into such copies (l_csc 0.008 at
+  the trained weights, below the one-hot labels' 0.49; T1 test Dice 0.21 against 0.72 without
+  l_csc and l_fpc; ``nnUNetTrainerAICL_SGD_Eq5``);
 - l_csc holds some maps fixed (``csc_anchors``) so that hand-labeled maps stay what l_sup makes
-  them. ``"source"`` (default) holds the source modality's maps: its gradient reaches the target
-  samples' predictions only. ``"labeled"`` holds, per organ, the maps of the samples whose labels
-  for that organ are hand-drawn, and moves the others, those of either modality; organs labeled by
-  hand in neither sample of a pair move on both sides, as eq. 5 prints it. That is the paper's
-  setting, in which each modality has manual labels for some organs (TAO: EOM and ON on T1, LG on
-  T1c). Measured on the paired REG phantom, whose CT has no manual gallbladder and whose T1 has one
-  (4000 iterations, Adam): with the source held, the CT gallbladder, taught by nothing once
-  lambda_supUL reaches 0, drew the target maps to it, and the test gallbladder Dice was 0.23 (CT),
-  0.38 (T1, hand-labeled) and 0.23 (T2); with the hand-labeled maps held
-  (``nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors``) it was 0.69, 0.78 and 0.67, the other organs
-  about as before. Pseudo-label training with the same optimiser reached 0.67, 0.83 and 0.84;
-- ``csc_temperature`` (default None: eq. 5 as printed, phi itself) scores exp(phi / tau) instead,
-  the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4
-  (``nnUNetTrainerAICL_InfoNCECSC``, tau = 0.1);
-- ``csc_similarity`` (default ``"cosine"``, eq. 5's phi) ``"dice"`` scores the soft Dice overlap
-  2 <a, b> / (|a|^2 + |b|^2) instead; ``nnUNetTrainerAICL_DiceCSC`` uses it in the InfoNCE form
-  (tau = 0.1). Neither eq. 5 as printed (the positive's scale cancels in the ratio where the
-  negatives vanish) nor the cosine holds a map's amplitude, so a faint target copy of the twin's
-  maps, with every argmax lost to the background, scores as well as the twin's own; the soft Dice
-  in the InfoNCE form penalises it (:mod:`~nnunet_uda.losses.structural_consistency`). Measured on
-  the paired REG phantom after a 1000-iteration warm-up: eq. 5 as printed trains the target maps
-  into such copies (l_csc 0.008 at the trained weights, below the one-hot labels' 0.49; T1 test
-  Dice 0.21 against 0.72 without l_csc and l_fpc);
-- ``paper_optimizer`` (the base trainer's switch, default False) trains with the paper's Adam,
-  learning rate 1e-4 held constant, weight decay 1e-5 (``nnUNetTrainerAICL_DiceCSC_Adam``; its
-  baselines ``nnUNetTrainerUDA_Adam`` and ``nnUNetTrainerAICL_noFPC_noCSC_Adam``);
+  them. ``"labeled"`` (default) holds, per organ, the maps of the samples whose labels for that
+  organ are hand-drawn, and moves the others, those of either modality; organs labeled by hand in
+  neither sample of a pair move on both sides, as eq. 5 prints it. That is the paper's setting, in
+  which each modality has manual labels for some organs (TAO: EOM and ON on T1, LG on T1c).
+  ``"source"`` holds the source modality's maps (``nnUNetTrainerAICL_SourceAnchors``). Measured on
+  the paired REG phantom, whose CT has no manual gallbladder and whose T1 has one (4000
+  iterations): with the source held, the CT gallbladder, taught by nothing once lambda_supUL
+  reaches 0, drew the target maps to it, and the test gallbladder Dice was 0.23 (CT), 0.38 (T1,
+  hand-labeled) and 0.23 (T2); with the hand-labeled maps held it was 0.69, 0.78 and 0.67, the
+  other organs about as before. Pseudo-label training with the same optimiser reached 0.67, 0.83
+  and 0.84;
 - the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
-  value); tau = 0.07 (PatchNCE's; the paper gives no value).
+  value); tau = 0.07 for l_fpc (PatchNCE's; the paper gives no value).
 
 Why pairs, measured: the paper's data are two modalities of the same subjects (orbital T1/T1c,
 cardiac bSSFP/LGE), and its REG pseudo labels are registered from one modality to the other of the
@@ -123,13 +120,15 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     #: modality pairs of one subject where the domain table has them (module docstring)
     twin_batches = None
     batch_mirroring = True
-    #: maps l_csc holds fixed: "source" (the source modality's), "labeled" (per organ, the hand-labeled
-    #: samples'), or None (none, as eq. 5 prints it); see the module docstring
-    csc_anchors: str | None = "source"
+    #: the paper's Adam 1e-4 rather than nnU-Net's SGD (module docstring)
+    paper_optimizer = True
+    #: maps l_csc holds fixed: "labeled" (per organ, the hand-labeled samples'), "source" (the source
+    #: modality's), or None (none, as eq. 5 prints it); see the module docstring
+    csc_anchors: str | None = "labeled"
     #: l_csc scores exp(phi / tau) with this tau; None: phi itself, as eq. 5 prints it (module docstring)
-    csc_temperature: float | None = None
-    #: phi of l_csc: "cosine" as eq. 5 prints it, or "dice", the amplitude-aware soft Dice (module docstring)
-    csc_similarity = "cosine"
+    csc_temperature: float | None = 0.1
+    #: phi of l_csc: "dice", the amplitude-aware soft Dice, or "cosine" as eq. 5 prints it (module docstring)
+    csc_similarity = "dice"
     lambda_sup = 1.0
     #: maxima of the ramped weights (section 3.2)
     lambda_supUL_max = 1.0
@@ -230,32 +229,9 @@ class nnUNetTrainerAICL_noFPC_noCSC(nnUNetTrainerAICL):
     use_csc = False
 
 
-class nnUNetTrainerAICL_noFPC_noCSC_Adam(nnUNetTrainerAICL_noFPC_noCSC):
-    """The first ablation with the paper's optimiser, the baseline of ``nnUNetTrainerAICL_DiceCSC_Adam``."""
-    paper_optimizer = True
-
-
-class nnUNetTrainerAICL_InfoNCECSC(nnUNetTrainerAICL):
-    """l_csc in the InfoNCE form, exp(phi / tau) with tau = 0.1 (module docstring)."""
-    csc_temperature = 0.1
-
-
-class nnUNetTrainerAICL_DiceCSC(nnUNetTrainerAICL):
-    """l_csc in the InfoNCE form (tau = 0.1) with the amplitude-aware soft Dice as phi instead of the
-    cosine (module docstring)."""
-    csc_similarity = "dice"
-    csc_temperature = 0.1
-
-
-class nnUNetTrainerAICL_DiceCSC_Adam(nnUNetTrainerAICL_DiceCSC):
-    """``nnUNetTrainerAICL_DiceCSC`` with the paper's optimiser: Adam, lr 1e-4 constant, weight decay 1e-5."""
-    paper_optimizer = True
-
-
-class nnUNetTrainerAICL_DiceCSC_Adam_LabeledAnchors(nnUNetTrainerAICL_DiceCSC_Adam):
-    """``nnUNetTrainerAICL_DiceCSC_Adam`` whose l_csc holds, per organ, the hand-labeled maps fixed
-    instead of the source modality's (module docstring)."""
-    csc_anchors = "labeled"
+class nnUNetTrainerAICL_SourceAnchors(nnUNetTrainerAICL):
+    """l_csc holds the source modality's maps fixed instead of the hand-labeled ones (module docstring)."""
+    csc_anchors = "source"
 
 
 class nnUNetTrainerAICL_ColdStart(nnUNetTrainerAICL):
@@ -266,3 +242,28 @@ class nnUNetTrainerAICL_ColdStart(nnUNetTrainerAICL):
 class nnUNetTrainerAICL_OrganAdaptive(nnUNetTrainerAICL):
     """PGPS with organ-adaptive cuboid sizes (section 3.4.3's suggested improvement)."""
     organ_adaptive_patches = True
+
+
+class nnUNetTrainerAICL_SGD_Eq5(nnUNetTrainerAICL):
+    """nnU-Net's SGD and poly learning rate, l_csc as eq. 5 prints it (cosine phi, no temperature),
+    the source modality's maps held: measured to collapse the target maps (module docstring)."""
+    paper_optimizer = False
+    csc_anchors = "source"
+    csc_temperature = None
+    csc_similarity = "cosine"
+
+
+class nnUNetTrainerAICL_SGD_InfoNCECSC(nnUNetTrainerAICL_SGD_Eq5):
+    """``nnUNetTrainerAICL_SGD_Eq5`` with l_csc in the InfoNCE form, exp(phi / tau), tau = 0.1."""
+    csc_temperature = 0.1
+
+
+class nnUNetTrainerAICL_SGD_DiceCSC(nnUNetTrainerAICL_SGD_InfoNCECSC):
+    """``nnUNetTrainerAICL_SGD_InfoNCECSC`` with the soft Dice as phi: the default l_csc under nnU-Net's
+    SGD, the source modality's maps held (module docstring)."""
+    csc_similarity = "dice"
+
+
+class nnUNetTrainerAICL_SGD_noFPC_noCSC(nnUNetTrainerAICL_noFPC_noCSC):
+    """The first ablation under nnU-Net's SGD and poly learning rate."""
+    paper_optimizer = False

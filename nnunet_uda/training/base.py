@@ -428,6 +428,6 @@ class nnUNetTrainerUDA(nnUNetTrainer):
 
 
 class nnUNetTrainerUDA_Adam(nnUNetTrainerUDA):
-    """Pseudo-label training with the AICL paper's optimiser (``paper_optimizer``): the baseline of
-    ``nnUNetTrainerAICL_DiceCSC_Adam``."""
+    """Pseudo-label training with the AICL paper's optimiser (``paper_optimizer``), that of
+    ``nnUNetTrainerAICL``: its pseudo-label-only baseline."""
     paper_optimizer = True
