@@ -29,7 +29,10 @@ l_csc ramps in; at 100 iterations per epoch (1000 iterations of warm-up) it segm
 then (README, AICL effectiveness).
 
 Adaptations to nnU-Net, stated. The defaults are the recipe that measured best on the phantom
-(README, AICL effectiveness); the variants at the end of the module keep the others:
+(README, AICL effectiveness: paired, partial labels, 4000 iterations; target test Dice with
+shifted S-REG initial labels T1 0.714 and T2 0.716, 82% of the floor-to-ceiling gap, against 29%
+for pseudo-label training and 31% without l_fpc and l_csc); the variants at the end of the module
+keep the others:
 
 - optimiser: the paper's Adam, learning rate 1e-4 held constant, weight decay 1e-5
   (``paper_optimizer``, a switch of the base trainer) rather than nnU-Net's SGD with its poly
