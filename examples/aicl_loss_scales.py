@@ -86,7 +86,7 @@ def main(argv=None) -> None:
         patches = trainer.patch_sampler(output.encoder[trainer.contrast_stage], probs)
         supervised = {source: trainer.supervised_loss(output.logits, target, trainer.batch_annotations(keys, source))
                       for source in ("ground_truth", "pseudo")}
-        maps = trainer.csc_maps(probs, keys, domains)
+        maps = trainer.csc_maps(probs, trainer.batch_annotations(keys, "ground_truth"), domains)
         terms = {"l_sup": supervised["ground_truth"], "l_supUL": supervised["pseudo"],
                  "l_csc, both sides free": structural_consistency_loss(probs, domains, shown, pairs=pairs),
                  **{f"l_csc, anchored, {name}": structural_consistency_loss(maps, domains, shown, t, pairs, phi)

@@ -42,7 +42,8 @@ def test_labeled_anchors_hold_the_hand_labeled_maps_of_each_sample():
     hand = {"ct_1": np.array([1, 1, 1, 0], bool), "t1_1": np.array([1, 0, 0, 1], bool)}  # organs 1-2 / organ 3
     trainer._case_annotated = {"ground_truth": hand}
     probs = torch.softmax(torch.randn(2, 4, 3, 3, 3), 1).requires_grad_()
-    trainer.csc_maps(probs, ["ct_1", "t1_1"], torch.tensor([0, 1]))[:, 1:].sum().backward()
+    hand_labeled = trainer.batch_annotations(["ct_1", "t1_1"], "ground_truth")
+    trainer.csc_maps(probs, hand_labeled, torch.tensor([0, 1]))[:, 1:].sum().backward()
     moved = probs.grad.flatten(2).abs().sum(2) > 0
     assert torch.equal(moved[:, 1:], torch.tensor([[False, False, True], [True, True, False]]))
 
@@ -64,7 +65,8 @@ def test_paper_optimizer_is_adam_at_a_constant_1e_4(name):
     assert optimizer.param_groups[0]["lr"] == 1e-4
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerUDA", "nnUNetTrainerAICL_SGD_Eq5", "nnUNetTrainerAICL_SGD_noFPC_noCSC"])
+@pytest.mark.parametrize("name", ["nnUNetTrainerUDA", "nnUNetTrainerAICL_SGD_Eq5",
+                                  "nnUNetTrainerAICL_SGD_noFPC_noCSC"])
 def test_without_paper_optimizer_the_optimizer_is_nnunets_sgd(name):
     import nnunet_uda.training
     trainer = object.__new__(getattr(nnunet_uda.training, name))

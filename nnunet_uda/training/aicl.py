@@ -172,12 +172,13 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
             organ_sizes = {self.domain_table.label_names[o]: s for o, s in planned["organ_patch_sizes"].items()}
         return OrganPatchSampler(size, organ_sizes)
 
-    def csc_maps(self, probs: torch.Tensor, keys, domains: torch.Tensor) -> torch.Tensor:
-        """The soft predictions l_csc compares, with the anchors ``csc_anchors`` names detached."""
+    def csc_maps(self, probs: torch.Tensor, hand_labeled: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+        """The soft predictions l_csc compares, with the anchors ``csc_anchors`` names detached;
+        ``hand_labeled``: (B, C) bool, the batch's hand-drawn classes (``batch_annotations``)."""
         if self.csc_anchors == "source":
             return fixed_maps(probs, self.batch_is_source(domains))
         if self.csc_anchors == "labeled":
-            return fixed_maps(probs, self.batch_annotations(keys, "ground_truth"))
+            return fixed_maps(probs, hand_labeled)
         return probs
 
     # ------------------------------------------------------------------ schedule (section 3.2)
@@ -198,14 +199,16 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
         weights = self.loss_weights(self.progress_epochs)
         output = self.forward(data, domains, return_features=True)
         logits = output.logits if isinstance(output.logits, list) else [output.logits]
-        losses = {"sup": self.supervised_loss(logits, target, self.batch_annotations(keys, "ground_truth")),
+        hand_labeled = self.batch_annotations(keys, "ground_truth")
+        losses = {"sup": self.supervised_loss(logits, target, hand_labeled),
                   "supUL": self.supervised_loss(logits, target, self.batch_annotations(keys, "pseudo"))}
         if weights["csc"] > 0 or weights["fpc"] > 0:  # past the warm-up
             probs = torch.softmax(logits[0].float(), 1)
         if weights["csc"] > 0:
             shown = contrast_classes(target[0], self.batch_annotations(keys), probs.detach())
-            losses["csc"] = structural_consistency_loss(self.csc_maps(probs, keys, domains), domains, shown, self.csc_temperature,
-                                                        self.batch_twin_pairs(len(keys)), self.csc_similarity)
+            losses["csc"] = structural_consistency_loss(self.csc_maps(probs, hand_labeled, domains), domains, shown,
+                                                        self.csc_temperature, self.batch_twin_pairs(len(keys)),
+                                                        self.csc_similarity)
         if weights["fpc"] > 0:
             patches = self.patch_sampler(output.encoder[self.contrast_stage], probs)
             losses["fpc"] = patch_contrastive_loss(patches.embeddings, patches.present, self.temperature)
