@@ -15,12 +15,15 @@ Through the real commands:
    ``nnUNetv2_uda_pseudolabel`` (the ``--top`` most fold-consistent unlabeled target cases per
    modality, fused labels) into a new dataset holding the translated CT and them, and every fold
    of ``nnUNetTrainerSelfTraining`` on it; each round's fold ensemble predicts the test sets;
-5. a figure of source, translated (with and without attention) and real target slices.
+5. a figure of source, translated (with and without attention) and real target slices, and the
+   translation fidelity: per organ, the mean intensity of the translated CT against that of the real
+   target test cases (the phantom draws every organ's intensity per case around one mean per domain,
+   so a faithful translation reproduces the real target's organ means; ``organ_intensities.png``).
 
 The ceiling comes from ``examples/benchmark_domain_gap.py`` (``--gap``, its ``domain_gap.json``,
 run with the same ``--epochs``, ``--iterations`` and case counts); each method's share of the
-floor-to-ceiling gap closed is printed. Writes ``stage1.json``, ``stage1.md`` and
-``translations.png`` to ``--work``; finished steps are reused.
+floor-to-ceiling gap closed is printed. Writes ``stage1.json``, ``stage1.md``, ``translations.png``
+and ``organ_intensities.png`` to ``--work``; finished steps are reused.
 
     python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap_unpaired
     python examples/flare_stage1.py --work benchmark_output/stage1 \\
@@ -140,6 +143,61 @@ def plot_translations(raw: Path, translated: dict[str, Path], path: Path) -> Non
     plt.close(fig)
 
 
+def organ_means(pairs: list[tuple[Path, Path]], labels: dict[str, int]) -> dict[str, float]:
+    """Mean image intensity inside each labeled structure, over the (image, label) pairs."""
+    sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
+    for image_path, label_path in pairs:
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path)))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
+        for i, value in enumerate(labels.values()):
+            sums[i] += image[label == value].sum()
+            counts[i] += (label == value).sum()
+    return {name: float(s / c) if c else float("nan") for name, s, c in zip(labels, sums, counts)}
+
+
+def organ_intensities(raw: Path, translated: dict[str, Path], path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Per target domain and organ, the mean intensity of the real target test cases and of every
+    model's translated CT (all in the harmonised [-1, 1] range), drawn as grouped bars."""
+    labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "ignore"}
+    table = {}
+    for domain in TARGETS:
+        real = [(f, raw / "labelsTs" / f.name.replace("_0000.nii.gz", ".nii.gz"))
+                for f in sorted((raw / "imagesTs").glob(f"ph_{domain}_*_0000.nii.gz"))]
+        table[domain] = {"real target": organ_means(real, labels)}
+        for name, folder in translated.items():
+            pairs = [(f, folder / "labelsTr" / f.name.replace("_0000.nii.gz", ".nii.gz"))
+                     for f in sorted((folder / "imagesTr").glob(f"ph_CT_*_to_{domain}_0000.nii.gz"))]
+            table[domain][name] = organ_means(pairs, labels)
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(5.5 * len(TARGETS), 3.2), sharey=True)
+    for ax, domain in zip(axes, TARGETS):
+        sources = list(table[domain])
+        for j, source in enumerate(sources):
+            offsets = np.arange(len(labels)) + (j - (len(sources) - 1) / 2) * 0.8 / len(sources)
+            ax.bar(offsets, list(table[domain][source].values()), width=0.8 / len(sources), label=source)
+        ax.set_xticks(range(len(labels)), list(labels), rotation=30, fontsize=7)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(f"{domain}: mean intensity per structure", fontsize=9)
+    axes[0].set_ylabel("harmonised intensity")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return table
+
+
+def fidelity_markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Per model and target domain, the mean absolute organ-intensity error against the real target."""
+    lines = ["| translation | " + " | ".join(f"{d} organ intensity error" for d in TARGETS) + " |",
+             "|" + "---|" * (1 + len(TARGETS))]
+    for name in [n for n in table[TARGETS[0]] if n != "real target"]:
+        errors = []
+        for domain in TARGETS:
+            real, ours = table[domain]["real target"], table[domain][name]
+            errors.append(np.mean([abs(ours[k] - real[k]) for k in real if k != "background"]))
+        lines.append(f"| {name} | " + " | ".join(f"{e:.2f}" for e in errors) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     work = Path(args.work).resolve()
@@ -172,8 +230,10 @@ def main(argv=None) -> dict:
                 f"blocks, from {args.n_gan_target} target cases; nnU-Net fold 0 (rounds: {args.folds} folds, "
                 f"top {args.top} per modality), {args.epochs} epochs x {args.iterations} iterations, batch 2, "
                 f"ResEnc M, CPU")
-    table = markdown(rows, ceiling, settings)
-    (work / "stage1.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
+    intensities = organ_intensities(raw, translated, work / "organ_intensities.png")
+    table = markdown(rows, ceiling, settings) + "\n\n" + fidelity_markdown(intensities)
+    (work / "stage1.json").write_text(json.dumps({"settings": settings, "results": rows,
+                                                  "organ_intensities": intensities}, indent=2))
     (work / "stage1.md").write_text(table + "\n")
     plot_translations(raw, translated, work / "translations.png")
     print("\n" + table + "\n\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items()))
