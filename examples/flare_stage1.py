@@ -156,14 +156,18 @@ def organ_means(pairs: list[tuple[Path, Path]], labels: dict[str, int]) -> dict[
 
 
 def organ_intensities(raw: Path, translated: dict[str, Path], path: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """Per target domain and organ, the mean intensity of the real target test cases and of every
-    model's translated CT (all in the harmonised [-1, 1] range), drawn as grouped bars."""
+    """Per target domain and organ, the mean intensity of the real target test cases, of the CT test
+    cases untranslated (the reference a translation must improve on) and of every model's translated
+    CT (all in the harmonised [-1, 1] range), drawn as grouped bars."""
     labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "ignore"}
+
+    def held_out(domain: str) -> list[tuple[Path, Path]]:
+        return [(f, raw / "labelsTs" / f.name.replace("_0000.nii.gz", ".nii.gz"))
+                for f in sorted((raw / "imagesTs").glob(f"ph_{domain}_*_0000.nii.gz"))]
+    untranslated = organ_means(held_out("CT"), labels)
     table = {}
     for domain in TARGETS:
-        real = [(f, raw / "labelsTs" / f.name.replace("_0000.nii.gz", ".nii.gz"))
-                for f in sorted((raw / "imagesTs").glob(f"ph_{domain}_*_0000.nii.gz"))]
-        table[domain] = {"real target": organ_means(real, labels)}
+        table[domain] = {"real target": organ_means(held_out(domain), labels), "none (the CT itself)": untranslated}
         for name, folder in translated.items():
             pairs = [(f, folder / "labelsTr" / f.name.replace("_0000.nii.gz", ".nii.gz"))
                      for f in sorted((folder / "imagesTr").glob(f"ph_CT_*_to_{domain}_0000.nii.gz"))]
