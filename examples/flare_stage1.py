@@ -143,16 +143,22 @@ def plot_translations(raw: Path, translated: dict[str, Path], path: Path) -> Non
     plt.close(fig)
 
 
+def labeled_images(folder: Path, split: str, pattern: str) -> list[tuple[Path, Path]]:
+    """(image, label) paths of the cases of ``folder``'s ``images<split>`` whose image matches ``pattern``."""
+    return [(f, folder / f"labels{split}" / f.name.replace("_0000.nii.gz", ".nii.gz"))
+            for f in sorted((folder / f"images{split}").glob(pattern))]
+
+
 def organ_means(pairs: list[tuple[Path, Path]], labels: dict[str, int]) -> dict[str, float]:
     """Mean image intensity inside each labeled structure, over the (image, label) pairs."""
-    sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
+    length = max(labels.values()) + 1
+    sums, counts = np.zeros(length), np.zeros(length)
     for image_path, label_path in pairs:
-        image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path)))
-        label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
-        for i, value in enumerate(labels.values()):
-            sums[i] += image[label == value].sum()
-            counts[i] += (label == value).sum()
-    return {name: float(s / c) if c else float("nan") for name, s, c in zip(labels, sums, counts)}
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))).ravel()
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))).ravel()
+        sums += np.bincount(label, weights=image, minlength=length)[:length]
+        counts += np.bincount(label, minlength=length)[:length]
+    return {name: float(sums[v] / counts[v]) if counts[v] else float("nan") for name, v in labels.items()}
 
 
 def organ_intensities(raw: Path, translated: dict[str, Path], path: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -160,17 +166,13 @@ def organ_intensities(raw: Path, translated: dict[str, Path], path: Path) -> dic
     cases untranslated (the reference a translation must improve on) and of every model's translated
     CT (all in the harmonised [-1, 1] range), drawn as grouped bars."""
     labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "ignore"}
-
-    def held_out(domain: str) -> list[tuple[Path, Path]]:
-        return [(f, raw / "labelsTs" / f.name.replace("_0000.nii.gz", ".nii.gz"))
-                for f in sorted((raw / "imagesTs").glob(f"ph_{domain}_*_0000.nii.gz"))]
-    untranslated = organ_means(held_out("CT"), labels)
+    untranslated = organ_means(labeled_images(raw, "Ts", "ph_CT_*_0000.nii.gz"), labels)
     table = {}
     for domain in TARGETS:
-        table[domain] = {"real target": organ_means(held_out(domain), labels), "none (the CT itself)": untranslated}
+        table[domain] = {"real target": organ_means(labeled_images(raw, "Ts", f"ph_{domain}_*_0000.nii.gz"), labels),
+                         "none (the CT itself)": untranslated}
         for name, folder in translated.items():
-            pairs = [(f, folder / "labelsTr" / f.name.replace("_0000.nii.gz", ".nii.gz"))
-                     for f in sorted((folder / "imagesTr").glob(f"ph_CT_*_to_{domain}_0000.nii.gz"))]
+            pairs = labeled_images(folder, "Tr", f"ph_CT_*_to_{domain}_0000.nii.gz")
             table[domain][name] = organ_means(pairs, labels)
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(5.5 * len(TARGETS), 3.2), sharey=True)
     for ax, domain in zip(axes, TARGETS):
