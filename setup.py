@@ -20,11 +20,13 @@ setup(
         "acvl-utils>=0.2",
         "numpy",
         "scipy",
+        "scikit-image",
         "matplotlib",
         "tqdm",
         "setuptools",
     ],
-    extras_require={"test": ["pytest>=7", "monai>=1.3"]},
+    # the references the evaluation is tested against: DeepMind's NSD and medpy's HD95/ASSD
+    extras_require={"test": ["pytest>=7", "surface-distance==0.1", "medpy>=0.5"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_uda_trainer_path=nnunet_uda.cli.trainer_path:main",

@@ -1,16 +1,18 @@
-"""Tests of nnunet_uda.evaluation (metrics against MONAI, folder reports) and nnUNetv2_uda_evaluate."""
+"""Tests of nnunet_uda.evaluation (metrics against DeepMind's surface_distance and medpy, folder reports)
+and nnUNetv2_uda_evaluate."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import surface_distance
+from medpy.metric import binary
 from scipy import ndimage
 
 from nnunet_uda.evaluation.metrics import case_metrics, organ_metrics, physical_diagonal, surface
@@ -28,39 +30,33 @@ def blob(seed: int, fraction: float, shape=SHAPE) -> np.ndarray:
     return noise > np.quantile(noise, 1.0 - fraction)
 
 
-def monai_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float) -> dict:
-    """MONAI's NSD (voxel counting), HD95 and symmetric ASSD of one binary mask pair."""
-    torch = pytest.importorskip("torch")
-    metrics = pytest.importorskip("monai.metrics")
-
-    def one_hot(mask):
-        return torch.from_numpy(np.stack([~mask, mask])[None].astype(np.float32))
-
-    y_pred, y = one_hot(prediction), one_hot(reference)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {"nsd": metrics.compute_surface_dice(y_pred, y, [tolerance_mm], spacing=list(spacing)).item(),
-                "hd95": metrics.compute_hausdorff_distance(y_pred, y, percentile=95, spacing=list(spacing)).item(),
-                "assd": metrics.compute_average_surface_distance(y_pred, y, symmetric=True,
-                                                                 spacing=list(spacing)).item()}
+def reference_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float) -> dict:
+    """NSD by DeepMind's surface_distance, HD95 and ASSD by medpy, of two non-empty masks."""
+    distances = surface_distance.compute_surface_distances(reference, prediction, spacing)
+    return {"nsd": surface_distance.compute_surface_dice_at_tolerance(distances, tolerance_mm),
+            "hd95": binary.hd95(prediction, reference, voxelspacing=spacing),
+            "assd": binary.assd(prediction, reference, voxelspacing=spacing)}
 
 
-def assert_matches_monai(reference, prediction, spacing, tolerance_mm):
+def assert_matches_references(reference, prediction, spacing, tolerance_mm):
     ours = organ_metrics(reference, prediction, spacing, tolerance_mm)
-    theirs = monai_metrics(reference, prediction, spacing, tolerance_mm)
+    theirs = reference_metrics(reference, prediction, spacing, tolerance_mm)
     for name, value in theirs.items():
-        assert ours[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        assert ours[name] == pytest.approx(value, rel=0, abs=1e-6), name
     return ours
 
 
 # ---------------------------------------------------------------------------------------- metrics
-@pytest.mark.parametrize("seed", range(4))
-# 3 x 0.8 mm is 2.4000000000000004 in float64: MONAI compares in float32 and counts it within 2.4 mm
-@pytest.mark.parametrize("tolerance_mm", [2.0, 2.4])
-def test_random_blobs_match_monai(seed, tolerance_mm):
-    reference = blob(seed, 0.15)
-    prediction = blob(seed + 100, 0.15) if seed % 2 else reference ^ (np.random.default_rng(seed).random(SHAPE) < 0.03)
-    ours = assert_matches_monai(reference, prediction, SPACING, tolerance_mm)
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("shape, spacing", [(SHAPE, SPACING), ((12, 30, 26), (3.0, 0.8, 0.8)),
+                                            ((16, 16, 16), (1.0, 1.0, 1.0))])
+def test_random_masks_match_the_references(seed, shape, spacing):
+    reference = blob(seed, 0.15, shape)
+    prediction = blob(seed + 100, 0.15, shape) if seed % 2 else reference ^ (
+        np.random.default_rng(seed).random(shape) < 0.03)
+    # 3 x 0.8 mm is 2.4000000000000004 in float64: outside a 2.4 mm tolerance, as in DeepMind's code
+    for tolerance_mm in (1.0, 2.0, 2.4, 3.0):
+        ours = assert_matches_references(reference, prediction, spacing, tolerance_mm)
     assert 0 < ours["nsd"] < 1
 
 
@@ -70,15 +66,32 @@ def test_dice_matches_numpy_formula():
     assert organ_metrics(reference, prediction, SPACING, 2.0)["dice"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_masks_touching_the_border_match_monai():
+def test_masks_touching_the_border_match_the_references():
     reference, prediction = blob(3, 0.6), blob(4, 0.6)  # large blobs: many voxels on the image border
     for mask in (reference, prediction):
         assert mask[0].any() and mask[-1].any() and mask[:, :, 0].any()
-    assert_matches_monai(reference, prediction, SPACING, 2.0)
+    assert_matches_references(reference, prediction, SPACING, 2.0)
     full = np.ones(SHAPE, bool)
     shifted = np.zeros(SHAPE, bool)
     shifted[2:] = True
-    assert_matches_monai(full, shifted, SPACING, 2.0)
+    assert_matches_references(full, shifted, SPACING, 2.0)
+
+
+def test_one_voxel_organs_match_the_references():
+    reference = np.zeros((3, 3, 3), bool)
+    reference[1, 1, 1] = True  # one voxel in a 3^3 image; the prediction fills it
+    assert_matches_references(reference, np.ones((3, 3, 3), bool), (3.0, 0.8, 0.8), 2.0)
+    prediction = np.zeros(SHAPE, bool)
+    prediction[0, 0, 0] = True  # one voxel in the image corner
+    assert_matches_references(blob(9, 0.05), prediction, SPACING, 3.0)
+
+
+def test_2d_masks_match_deepminds_nsd():
+    reference, prediction = blob(10, 0.2, (30, 40)), blob(11, 0.2, (30, 40))
+    for tolerance_mm in (1.0, 2.0):
+        distances = surface_distance.compute_surface_distances(reference, prediction, (0.7, 1.9))
+        assert organ_metrics(reference, prediction, (0.7, 1.9), tolerance_mm)["nsd"] == pytest.approx(
+            surface_distance.compute_surface_dice_at_tolerance(distances, tolerance_mm), abs=1e-6)
 
 
 def test_border_voxels_are_surface():
@@ -118,23 +131,24 @@ def test_one_empty_gives_the_diagonal(empty_side):
 def test_single_voxel_masks():
     reference, prediction = np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)
     reference[5, 5, 5] = True
-    prediction[5, 7, 5] = True  # two voxels apart along y: 1.6 mm
-    strict = assert_matches_monai(reference, prediction, SPACING, 1.0)
-    assert strict == pytest.approx({"dice": 0.0, "nsd": 0.0, "hd95": 1.6, "assd": 1.6})
-    assert assert_matches_monai(reference, prediction, SPACING, 1.6)["nsd"] == 1.0
+    prediction[5, 7, 5] = True  # two voxels apart along y: 1.6 mm between centres
+    # a voxel's surfels are its 8 corners: 4 of each lie one voxel (0.8 mm) from the other's, 4 two (1.6 mm)
+    strict = assert_matches_references(reference, prediction, SPACING, 1.0)
+    assert strict == pytest.approx({"dice": 0.0, "nsd": 0.5, "hd95": 1.6, "assd": 1.6})
+    assert assert_matches_references(reference, prediction, SPACING, 1.6)["nsd"] == 1.0
     assert organ_metrics(reference, reference, SPACING, 0.0) == {"dice": 1.0, "nsd": 1.0, "hd95": 0.0, "assd": 0.0}
 
 
 def test_hd95_and_assd_conventions_by_hand():
     """Two slabs 1 voxel apart along y: every surface distance is known."""
     reference, prediction = np.zeros((4, 6, 4), bool), np.zeros((4, 6, 4), bool)
-    reference[:, :2] = True
-    prediction[:, 2:3] = True  # one voxel thick: all its voxels are surface
+    reference[:, :2] = True  # all its voxels touch the image border or the prediction side: all surface
+    prediction[:, 2:3] = True
     result = organ_metrics(reference, prediction, (1.0, 1.0, 1.0), 1.0)
     # prediction -> reference: 1 mm for all 16 voxels; reference -> prediction: 1 mm (y=1), 2 mm (y=0)
-    assert result["hd95"] == pytest.approx(2.0)
-    assert result["assd"] == pytest.approx((16 * 1 + 16 * 1 + 16 * 2) / 48)
-    assert result["nsd"] == pytest.approx(32 / 48)
+    assert result["hd95"] == pytest.approx(2.0)  # the 95th percentile of the 48 distances pooled
+    assert result["assd"] == pytest.approx((16 * 1 + 16 * 1 + 16 * 2) / 48)  # their mean
+    assert_matches_references(reference, prediction, (1.0, 1.0, 1.0), 1.0)
 
 
 def test_case_metrics_excludes_the_ignore_label():
@@ -182,9 +196,10 @@ def label_map(seed: int) -> np.ndarray:
     return labels
 
 
-def write_labels(path: Path, labels: np.ndarray) -> None:
+def write_labels(path: Path, labels: np.ndarray, spacing=SPACING) -> None:
+    """A label file with ``spacing`` given in numpy's z, y, x order."""
     image = sitk.GetImageFromArray(labels)
-    image.SetSpacing(SITK_SPACING)
+    image.SetSpacing(spacing[::-1])
     sitk.WriteImage(image, str(path))
 
 
@@ -290,6 +305,19 @@ def test_shape_mismatch_names_the_case(folders):
         evaluate_folder(reference_folder, prediction_folder, dataset_json(), num_processes=1)
 
 
+@pytest.mark.parametrize("side", ["prediction", "reference"])
+def test_undeclared_label_values_name_the_file(folders, side):
+    reference_folder, prediction_folder = folders
+    path = (prediction_folder if side == "prediction" else reference_folder) / "case_001.nii.gz"
+    labels = label_map(1)
+    labels[0, 0, :3] = 9  # dataset.json declares 0, 1, 2
+    write_labels(path, labels)
+    with pytest.raises(EvaluationError) as error:
+        evaluate_folder(reference_folder, prediction_folder, dataset_json(), num_processes=1)
+    assert f"case case_001: the {side} {path} holds label value(s) 9, which dataset.json does not declare " \
+           f"(its labels: 0, 1, 2)" in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------- CLI
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -325,15 +353,17 @@ def test_cli_writes_to_the_prediction_folder_by_default(folders, raw_dataset):
     assert (prediction_folder / "summary.json").is_file() and (prediction_folder / "summary.md").is_file()
 
 
-@pytest.mark.parametrize("problem", ["missing prediction", "missing folder"])
+@pytest.mark.parametrize("problem", ["missing prediction", "missing folder", "undeclared label"])
 def test_cli_errors_without_traceback(folders, raw_dataset, tmp_path, problem):
     reference_folder, prediction_folder = folders
     if problem == "missing prediction":
         (prediction_folder / "case_000.nii.gz").unlink()
+    elif problem == "undeclared label":
+        write_labels(prediction_folder / "case_000.nii.gz", label_map(0) * 3)
     else:
         prediction_folder = tmp_path / "nowhere"
     result = run_cli("-ref", str(reference_folder), "-pred", str(prediction_folder), "-d", str(raw_dataset))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert str(prediction_folder) in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    message = result.stderr.strip().splitlines()[-1]  # after the progress bar, if the cases were being read
+    assert message.startswith("nnUNetv2_uda_evaluate: ") and str(prediction_folder) in message

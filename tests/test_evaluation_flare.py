@@ -20,6 +20,8 @@ OFFICIAL = [("liver", 5), ("right kidney", 3), ("spleen", 3), ("pancreas", 5), (
             ("inferior vena cava", 2), ("right adrenal gland", 2), ("left adrenal gland", 2), ("gallbladder", 2),
             ("esophagus", 3), ("stomach", 5), ("duodenum", 7), ("left kidney", 3)]
 LABELS = {"background": 0, **{name: label for label, (name, _) in enumerate(OFFICIAL, start=1)}}
+SCRIPT_COLUMNS = ["Liver", "RK", "Spleen", "Pancreas", "Aorta", "IVC", "RAG", "LAG", "Gallbladder", "Esophagus",
+                  "Stomach", "Duodenum", "LK"]  # the script's label_tolerance keys
 PERFECT = {"dice": 1.0, "nsd": 1.0, "hd95": 0.0, "assd": 0.0}
 AXIAL_RANGE = ["aorta", "inferior vena cava", "esophagus"]
 
@@ -96,8 +98,8 @@ def test_nsd_is_zero_below_dice_0_2(shift, dice, zeroed):
     prediction = one_organ("liver", slice(10, 11), slice(12, 13), slice(5 + shift, 15 + shift))
     without_rule = organ_metrics(reference == 1, prediction == 1, SPACING, 5.0)
     assert without_rule["dice"] == pytest.approx(dice) and without_rule["nsd"] > 0
-    expected = dict(without_rule, nsd=0.0) if zeroed else without_rule
-    assert preset(reference, prediction)["liver"] == expected
+    rounded = dict(without_rule, dice=round(without_rule["dice"], 4), nsd=round(without_rule["nsd"], 4))
+    assert preset(reference, prediction)["liver"] == (dict(rounded, nsd=0.0) if zeroed else rounded)
 
 
 # ---------------------------------------------------------------------------------------- axial range
@@ -119,13 +121,20 @@ def test_other_organs_are_scored_on_every_slice():
     assert preset(reference, prediction)["liver"]["dice"] == pytest.approx(2 * 12 / (12 + 20))
 
 
-@pytest.mark.parametrize("end_slice", [4, 15])
-def test_the_reference_end_slices_are_in_the_range(end_slice):
-    """The official script's [z_lower:z_upper] drops the highest slice; here both ends count."""
+@pytest.mark.parametrize("end_slice, dice", [(4, round(2 * 10 / (10 + 11), 4)), (15, 1.0)])
+def test_the_reference_highest_slice_is_left_out(end_slice, dice):
+    """The official script's [z_lower:z_upper] scores slices 4-14 of a reference on slices 4-15."""
     reference = flare_map()
     prediction = reference.copy()
     prediction[end_slice][prediction[end_slice] == LABELS["aorta"]] = 0
-    assert preset(reference, prediction)["aorta"]["dice"] == pytest.approx(2 * 11 / (11 + 12))
+    assert preset(reference, prediction)["aorta"]["dice"] == dice
+
+
+def test_a_reference_on_one_slice_is_scored_on_that_slice():
+    """The script's slab is empty there (its DSC and NSD are NaN); the preset scores the one slice."""
+    reference = one_organ("aorta", slice(7, 8), slice(2, 6), slice(2, 6))
+    prediction = one_organ("aorta", slice(6, 9), slice(2, 6), slice(3, 7))
+    assert preset(reference, prediction)["aorta"]["dice"] == 2 * 12 / (16 + 16)
 
 
 def test_the_range_is_along_the_axial_axis_only():
@@ -254,20 +263,25 @@ def test_evaluate_folder_with_the_preset(folders, tmp_path):
     assert case_a["aorta"] == PERFECT
     assert case_a["gallbladder"]["dice"] == 0.0 and case_a["gallbladder"]["nsd"] == 0.0
     assert case_b["gallbladder"] == PERFECT
-    assert case_b["liver"]["dice"] == pytest.approx(2 * 30 / (360 + 150)) and case_b["liver"]["nsd"] == 0.0
+    assert case_b["liver"]["dice"] == round(2 * 30 / (360 + 150), 4) and case_b["liver"]["nsd"] == 0.0
     assert all(case_a[o] == PERFECT for o in ORGANS if o not in ("aorta", "gallbladder"))
     for case, metrics in zip(("case_a", "case_b"), (case_a, case_b)):
         (reference, spacing), (prediction, _) = (read(folder / f"{case}.nii.gz")
                                                  for folder in (reference_folder, prediction_folder))
         assert metrics == case_metrics(reference, prediction, spacing, ORGAN_VALUES, TOLERANCES_MM, rules=RULES)
-    assert summary["mean"]["all"]["average"]["dice"] == pytest.approx(
-        np.mean([(case_a[o]["dice"] + case_b[o]["dice"]) / 2 for o in ORGANS]))
+    organ_means = [round(np.mean([case_a[o]["dice"], case_b[o]["dice"]]), 4) for o in ORGANS]  # FLARE23's summary
+    assert [summary["mean"]["all"][o]["dice"] for o in ORGANS] == organ_means
+    assert summary["mean"]["all"]["average"]["dice"] == round(np.mean(organ_means), 4)
 
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written == json.loads(json.dumps(summary)) and written["preset"] == "flare"
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert markdown == format_markdown(summary)
     assert markdown.startswith("Scored with the flare preset.") and "| duodenum (tol 7 mm) |" in markdown
+    table = [line.split(",") for line in (tmp_path / "out" / "DSC_NSD.csv").read_text().splitlines()]
+    assert table[0] == ["Name"] + [f"{c}_{m}" for m in ("DSC", "NSD") for c in SCRIPT_COLUMNS]
+    assert table[2][0] == "case_b.nii.gz" and float(table[2][1]) == case_b["liver"]["dice"]
+    assert float(table[1][13 + 9]) == case_a["gallbladder"]["nsd"]
 
     without = evaluate_folder(reference_folder, prediction_folder, dataset_json(), num_processes=1)
     assert without["preset"] is None and without["cases"][0]["metrics"]["aorta"]["dice"] < 1
@@ -310,3 +324,109 @@ def test_cli_preset_error_without_traceback(folders, tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "\"tumor\" (14) are not FLARE organs" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------- the official script
+RENAMED = ["Liver", "Right_Kidney", "spleen", "PANCREAS", "Aorta", "IVC", "RAG", "left-adrenal-gland", "Gall Bladder",
+           "esophagus", "Stomach", "duodenum", "LK"]  # FLARE label values 1-13 under other spellings
+# each phantom organ (rows: liver, spleen, kidney_left, kidney_right, aorta, gallbladder) becomes one FLARE organ
+# per axial band (columns: upper, middle, lower third of the scan), so that every FLARE organ occurs
+BANDS = np.array([[0, 0, 0], [1, 1, 4], [3, 11, 11], [8, 8, 13], [7, 7, 2], [10, 5, 6], [9, 9, 12]], np.uint8)
+
+
+def as_flare(phantom_labels: np.ndarray) -> np.ndarray:
+    band = np.digitize(np.arange(phantom_labels.shape[0]), [phantom_labels.shape[0] * 3 // 8,
+                                                            phantom_labels.shape[0] * 5 // 8])
+    return BANDS[phantom_labels, band[:, None, None]]
+
+
+@pytest.fixture(scope="module")
+def phantom_folders(tmp_path_factory):
+    """Five phantom test cases with 13 FLARE organs, anisotropic spacings, and predictions of several kinds:
+    registration-like (good), shifted (poor: Dice below 0.2 for small organs), another subject's labels,
+    a missed gallbladder with the aorta predicted on every slice, and organs absent from the reference."""
+    from nnunet_uda.synthetic.phantom import PSEUDO_LABEL_PERTURBATIONS, perturb_labels, synthesize_case
+
+    root = tmp_path_factory.mktemp("flare_phantom")
+    (root / "labelsTs").mkdir()
+    (root / "predictions").mkdir()
+    spacings = [(3.0, 0.8, 0.8), (2.5, 0.8, 1.2), (2.0, 2.0, 2.0), (4.0, 0.7, 0.7), (1.5, 0.9, 0.9)]
+    for index, spacing in enumerate(spacings):
+        truth = synthesize_case(0, "CT", index, "test", shape=(24, 40, 40)).label
+        rng = np.random.default_rng(index)
+        kind = "sreg" if index == 1 else "reg"
+        predicted = perturb_labels(truth, (2.0, 2.0, 2.0), PSEUDO_LABEL_PERTURBATIONS[kind], rng)
+        if index == 2:
+            predicted = synthesize_case(0, "CT", 9, "test", shape=(24, 40, 40)).label
+        if index == 3:
+            predicted[predicted == 6] = 0
+            predicted[:, truth[12] == 5] = 5
+        if index == 4:
+            truth[np.isin(truth, (4, 6))] = 0  # no right kidney, no gallbladder
+            predicted[predicted == 4] = 0
+        for folder, labels in (("labelsTs", truth), ("predictions", predicted)):
+            write_labels(root / folder / f"case_{index}.nii.gz", as_flare(labels), spacing)
+    return root / "labelsTs", root / "predictions"
+
+
+def official_scores(reference_folder, prediction_folder) -> dict[str, dict[str, float]]:
+    """A loop transcription of the per-case logic of FLARE24's T2andT3_FLARE24_DSC_NSD_Eval.py, with its
+    SurfaceDice helpers from DeepMind's surface_distance: case file -> {"Liver_DSC": .., "LK_NSD": ..}."""
+    import surface_distance
+
+    label_tolerance = dict(zip(SCRIPT_COLUMNS, [5, 3, 3, 5, 2, 2, 2, 2, 2, 3, 5, 7, 3]))
+    scores = {}
+    for name in sorted(p.name for p in prediction_folder.iterdir() if p.name.endswith(".nii.gz")):
+        gt_nii = nib.load(reference_folder / name)
+        case_spacing = gt_nii.header.get_zooms()
+        gt_data = np.uint8(gt_nii.get_fdata())
+        seg_data = np.uint8(nib.load(prediction_folder / name).get_fdata())
+        scores[name] = {}
+        for i, organ in enumerate(label_tolerance.keys(), 1):
+            if np.sum(gt_data == i) == 0 and np.sum(seg_data == i) == 0:
+                dsc_i, nsd_i = 1, 1
+            elif np.sum(gt_data == i) == 0 or np.sum(seg_data == i) == 0:
+                dsc_i, nsd_i = 0, 0
+            else:
+                if i in (5, 6, 10):
+                    z_index = np.where(gt_data == i)[2]
+                    z_lower, z_upper = np.min(z_index), np.max(z_index)
+                    organ_i_gt, organ_i_seg = gt_data[:, :, z_lower:z_upper] == i, seg_data[:, :, z_lower:z_upper] == i
+                else:
+                    organ_i_gt, organ_i_seg = gt_data == i, seg_data == i
+                dsc_i = surface_distance.compute_dice_coefficient(organ_i_gt, organ_i_seg)
+                if dsc_i < 0.2:
+                    nsd_i = 0
+                else:
+                    distances = surface_distance.compute_surface_distances(organ_i_gt, organ_i_seg, case_spacing)
+                    nsd_i = surface_distance.compute_surface_dice_at_tolerance(distances, label_tolerance[organ])
+            scores[name][f"{organ}_DSC"] = round(dsc_i, 4)
+            scores[name][f"{organ}_NSD"] = round(nsd_i, 4)
+    return scores
+
+
+def test_the_preset_reproduces_the_official_script(phantom_folders, tmp_path):
+    reference_folder, prediction_folder = phantom_folders
+    official = official_scores(reference_folder, prediction_folder)
+    values = [v for case in official.values() for v in case.values()]
+    dsc_nsd = [(case[f"{c}_DSC"], case[f"{c}_NSD"]) for case in official.values() for c in SCRIPT_COLUMNS]
+    assert (1, 1) in dsc_nsd and (0, 0) in dsc_nsd and any(0 < d < 0.2 and n == 0 for d, n in dsc_nsd)
+    assert len(set(values)) > 50
+
+    renamed = dict(zip(["background", *RENAMED], range(14)))
+    summary = evaluate_folder(reference_folder, prediction_folder, dataset_json(renamed), tmp_path, num_processes=1,
+                              preset="flare")
+    ours = {case["case"] + ".nii.gz": {f"{column}_{short}": case["metrics"][name][metric]
+                                       for metric, short in (("dice", "DSC"), ("nsd", "NSD"))
+                                       for name, column in zip(RENAMED, SCRIPT_COLUMNS)}
+            for case in summary["cases"]}
+    assert ours == official
+
+    # FLARE23's summary: organ means of the rounded values, rounded; Organ_DSC/NSD the mean of those, rounded
+    for metric, column in (("dice", "DSC"), ("nsd", "NSD")):
+        organ_means = {name: round(np.mean([case[f"{c}_{column}"] for case in official.values()]), 4)
+                       for name, c in zip(RENAMED, SCRIPT_COLUMNS)}
+        assert {name: summary["mean"]["all"][name][metric] for name in RENAMED} == organ_means
+        assert summary["mean"]["all"]["average"][metric] == round(np.mean(list(organ_means.values())), 4)
+    table = [line.split(",") for line in (tmp_path / "DSC_NSD.csv").read_text().splitlines()]
+    assert {row[0]: dict(zip(table[0][1:], map(float, row[1:]))) for row in table[1:]} == official

@@ -1,37 +1,26 @@
-"""Per-organ segmentation metrics for one case: Dice, normalized surface Dice, HD95 and ASSD.
+"""Per-organ segmentation metrics for one case: Dice, normalised surface Dice, HD95 and ASSD.
 
-Pure numpy/scipy and vectorised. The surface metrics follow MONAI's conventions
-(``monai.metrics.compute_surface_dice`` with ``use_subvoxels=False``,
-``compute_hausdorff_distance(percentile=95)`` and
-``compute_average_surface_distance(symmetric=True)``, all with ``spacing`` set), so that numbers
-are comparable with papers that report MONAI's values:
+Pure numpy/scipy and vectorised. Each surface metric follows one named reference implementation, to
+within floating-point rounding (the tests compare with both libraries; ``docs/evaluation.md``):
 
-- **Surface** of a mask: its voxels with at least one face neighbour (6-connectivity in 3D,
-  4-connectivity in 2D; scipy's default cross-shaped structuring element) outside the mask, i.e.
-  ``mask & ~binary_erosion(mask)``. Outside the image counts as background, so mask voxels on the
-  image border are surface voxels.
-- **Surface distances** from mask A to mask B: for every surface voxel of A, the Euclidean
-  distance in mm (voxel centres, ``spacing`` per axis) to the nearest surface voxel of B.
-- **NSD** at tolerance ``tau`` mm: (number of surface voxels of A within ``tau`` of B's surface +
-  number of surface voxels of B within ``tau`` of A's surface) / (number of surface voxels of A +
-  of B). Surface size is counted in voxels, not in area. Distances are compared with the tolerance
-  in single precision, as MONAI does, so that a lattice distance equal to the tolerance counts as
-  within it despite float64 rounding (three voxels of 0.8 mm are ``2.4000000000000004`` mm).
-- **HD95**: the 95th percentile (linear interpolation) of each direction's distances; the larger
-  of the two directions.
-- **ASSD**: the mean of both directions' distances pooled together (so the larger surface weighs
-  more), not the mean of the two directional means.
+- **NSD** at a tolerance in mm: DeepMind's ``surface_distance`` (``compute_surface_dice_at_tolerance``),
+  the code of NSD's authors and of FLARE's official evaluation: surfels weighted by their area
+  (:mod:`~nnunet_uda.evaluation.surfels`); a distance equal to the tolerance is within it.
+- **HD95** and **ASSD**: medpy's ``medpy.metric.binary.hd95`` and ``assd`` (connectivity 1), what most
+  papers' code bases report. A mask's surface is its voxels with a face neighbour outside it (outside
+  the image counts as outside); distances are in mm between voxel centres. HD95 is the 95th percentile
+  (linear interpolation) of both directions' distances pooled, ASSD their mean (medpy >= 0.5; earlier
+  releases averaged the two directions' means).
+- **Dice**: ``2 |R & P| / (|R| + |P|)``.
 
-Empty masks (where MONAI returns NaN or inf):
+Empty masks, where the references give NaN, inf or an error:
 
 - both empty: Dice 1, NSD 1, HD95 0, ASSD 0 (a correctly predicted absence is perfect);
-- exactly one empty: Dice 0, NSD 0, and HD95 = ASSD = the image's physical diagonal length in mm
-  (``sqrt(sum((shape * spacing) ** 2))``), a finite worst case, larger than any distance within
-  the image, so that means over cases stay finite while still penalising the miss heavily.
+- exactly one empty: Dice 0, NSD 0, and HD95 = ASSD = the image's physical diagonal in mm, a finite
+  worst case larger than any distance within the image, so that means over cases stay finite.
 
-Distances are computed within the bounding box of the union of both masks, enlarged by one voxel
-(clipped to the image), which gives the same surfaces and distances as the whole image at a
-fraction of the cost.
+Everything is computed within the bounding box of the union of both masks, enlarged by one voxel
+(clipped to the image): the same surfaces and distances as on the whole image, at a fraction of the cost.
 """
 from __future__ import annotations
 
@@ -40,7 +29,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnunet_uda.evaluation.surfels import surface_dice
+
 METRICS = ("dice", "nsd", "hd95", "assd")
+Box = tuple[slice, ...]
 
 
 def organ_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
@@ -50,56 +42,71 @@ def organ_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
     ``reference`` and ``prediction`` are boolean arrays of the same shape; ``spacing`` is the
     voxel size in mm per array axis (numpy order). See the module docstring for the conventions.
     """
-    reference, prediction = np.asarray(reference, dtype=bool), np.asarray(prediction, dtype=bool)
-    spacing = _check_inputs(reference, prediction, spacing, tolerance_mm)
-    ref_any, pred_any = reference.any(), prediction.any()
-    if not ref_any and not pred_any:
-        return {"dice": 1.0, "nsd": 1.0, "hd95": 0.0, "assd": 0.0}
-    if not ref_any or not pred_any:
-        diagonal = physical_diagonal(reference.shape, spacing)
-        return {"dice": 0.0, "nsd": 0.0, "hd95": diagonal, "assd": diagonal}
-    box = _union_box(reference, prediction)
-    pred_to_ref, ref_to_pred = surface_distances(reference[box], prediction[box], spacing)
-    return {"dice": dice(reference, prediction),
-            "nsd": _nsd(pred_to_ref, ref_to_pred, tolerance_mm),
-            "hd95": float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))),
-            "assd": float(np.concatenate([pred_to_ref, ref_to_pred]).mean())}
+    masks = (np.asarray(mask, dtype=bool).view(np.uint8) for mask in (reference, prediction))
+    return case_metrics(*masks, spacing, {"organ": 1}, {"organ": tolerance_mm})["organ"]
 
 
 def case_metrics(reference_labels: np.ndarray, predicted_labels: np.ndarray, spacing: Sequence[float],
                  labels: Mapping[str, int], tolerances_mm: Mapping[str, float],
                  ignore_label: int | None = None, rules=None) -> dict[str, dict[str, float]]:
-    """:func:`organ_metrics` of every organ in ``labels`` (name -> label value) for one case.
+    """:func:`organ_metrics` of every organ in ``labels`` (name -> label value > 0) for one case.
 
     ``tolerances_mm`` gives each organ's NSD tolerance. Voxels where the reference holds
     ``ignore_label`` are excluded: they count as background in both masks. ``rules`` (a
     challenge's scoring rules, e.g. :class:`~nnunet_uda.evaluation.flare.FlareRules`) may restrict
-    each organ's prediction (``rules.restrict(name, prediction, reference)``) and adjust its
-    metrics (``rules.adjust(name, metrics)``).
+    each organ's masks within their bounding box (``rules.restrict(name, reference, prediction)``)
+    and adjust its metrics (``rules.adjust(name, metrics)``).
     """
-    if reference_labels.shape != predicted_labels.shape:
-        raise ValueError(f"reference shape {reference_labels.shape} differs from prediction shape "
-                         f"{predicted_labels.shape}")
-    valid = None if ignore_label is None else reference_labels != ignore_label
+    spacing = _check_inputs(reference_labels, predicted_labels, spacing)
+    for what, array in (("reference", reference_labels), ("prediction", predicted_labels)):
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"the {what} label map must hold integers, got {array.dtype}")
+    if ignore_label is not None:
+        ignored = reference_labels == ignore_label
+        if ignored.any():
+            predicted_labels = np.where(ignored, 0, predicted_labels)
+    for name in labels:
+        _check_tolerance(tolerances_mm[name])
+    top = max(labels.values())
+    reference_boxes, predicted_boxes = (ndimage.find_objects(array, max_label=top)
+                                        for array in (reference_labels, predicted_labels))
+    diagonal = physical_diagonal(reference_labels.shape, spacing)
     out = {}
     for name, value in labels.items():
-        reference, prediction = reference_labels == value, predicted_labels == value
-        if valid is not None:
-            prediction &= valid
-        if rules is not None:
-            prediction = rules.restrict(name, prediction, reference)
-        out[name] = organ_metrics(reference, prediction, spacing, tolerances_mm[name])
+        reference_box, predicted_box = reference_boxes[value - 1], predicted_boxes[value - 1]
+        if reference_box is None or predicted_box is None:
+            out[name] = _empty_metrics(reference_box is None and predicted_box is None, diagonal)
+        else:
+            box = _union_box(reference_box, predicted_box, reference_labels.shape)
+            reference, prediction = reference_labels[box] == value, predicted_labels[box] == value
+            if rules is not None:
+                reference, prediction = rules.restrict(name, reference, prediction)
+            out[name] = box_metrics(reference, prediction, spacing, tolerances_mm[name], diagonal)
         if rules is not None:
             out[name] = rules.adjust(name, out[name])
     return out
 
 
+def box_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float,
+                diagonal: float) -> dict[str, float]:
+    """The four metrics of two boolean masks cropped to a box that holds both (the image's ``diagonal``
+    for a one-sided miss)."""
+    reference_any, prediction_any = reference.any(), prediction.any()
+    if not reference_any or not prediction_any:
+        return _empty_metrics(not reference_any and not prediction_any, diagonal)
+    pred_to_ref, ref_to_pred = surface_distances(reference, prediction, spacing)
+    return {"dice": dice(reference, prediction),
+            "nsd": surface_dice(reference, prediction, spacing, tolerance_mm),
+            "hd95": float(np.percentile(np.concatenate([pred_to_ref, ref_to_pred]), 95)),
+            "assd": float(np.concatenate([pred_to_ref, ref_to_pred]).mean())}
+
+
 def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
     """2 |R & P| / (|R| + |P|); 1.0 when both masks are empty."""
-    total = int(reference.sum()) + int(prediction.sum())
+    total = int(np.count_nonzero(reference)) + int(np.count_nonzero(prediction))
     if total == 0:
         return 1.0
-    return 2.0 * int(np.logical_and(reference, prediction).sum()) / total
+    return 2.0 * int(np.count_nonzero(reference & prediction)) / total
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -110,7 +117,7 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
 def surface_distances(reference: np.ndarray, prediction: np.ndarray,
                       spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Distances in mm (prediction surface -> reference surface, reference -> prediction).
+    """Distances in mm between surface voxels (prediction -> reference, reference -> prediction).
 
     Both masks must be non-empty. One distance per surface voxel, in C order of the voxels.
     """
@@ -124,6 +131,13 @@ def physical_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(np.linalg.norm(np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)))
 
 
+def _empty_metrics(both: bool, diagonal: float) -> dict[str, float]:
+    """Both masks empty: perfect; exactly one empty: a miss at the image ``diagonal``."""
+    if both:
+        return {"dice": 1.0, "nsd": 1.0, "hd95": 0.0, "assd": 0.0}
+    return {"dice": 0.0, "nsd": 0.0, "hd95": diagonal, "assd": diagonal}
+
+
 def _distances_to(target_surface: np.ndarray, source_surface: np.ndarray,
                   spacing: Sequence[float]) -> np.ndarray:
     """Distance from each ``source_surface`` voxel to the nearest ``target_surface`` voxel."""
@@ -131,30 +145,23 @@ def _distances_to(target_surface: np.ndarray, source_surface: np.ndarray,
     return distance_map[source_surface]
 
 
-def _nsd(pred_to_ref: np.ndarray, ref_to_pred: np.ndarray, tolerance_mm: float) -> float:
-    """Fraction of both surfaces' voxels within the tolerance, compared in float32 like MONAI."""
-    tolerance = np.float32(tolerance_mm)
-    within = (np.count_nonzero(pred_to_ref.astype(np.float32) <= tolerance)
-              + np.count_nonzero(ref_to_pred.astype(np.float32) <= tolerance))
-    return float(within / (pred_to_ref.size + ref_to_pred.size))
+def _union_box(first: Box, second: Box, shape: Sequence[int], margin: int = 1) -> Box:
+    """The box holding both boxes, enlarged by ``margin`` voxels and clipped to ``shape``."""
+    return tuple(slice(max(min(a.start, b.start) - margin, 0), min(max(a.stop, b.stop) + margin, n))
+                 for a, b, n in zip(first, second, shape))
 
 
-def _union_box(reference: np.ndarray, prediction: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """Slices of the union's bounding box, enlarged by ``margin`` voxels and clipped to the array."""
-    union_box = ndimage.find_objects((reference | prediction).view(np.uint8))[0]
-    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n))
-                 for s, n in zip(union_box, reference.shape))
-
-
-def _check_inputs(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
-                  tolerance_mm: float) -> tuple[float, ...]:
-    """Validate shapes, spacing and tolerance; return the spacing as a tuple of floats."""
+def _check_inputs(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> tuple[float, ...]:
+    """Validate shapes and spacing; return the spacing as a tuple of floats."""
     if reference.shape != prediction.shape:
         raise ValueError(f"reference shape {reference.shape} differs from prediction shape {prediction.shape}")
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != reference.ndim or min(spacing) <= 0:
         raise ValueError(f"spacing {spacing} must give one positive voxel size per axis of the "
                          f"{reference.ndim}D masks")
+    return spacing
+
+
+def _check_tolerance(tolerance_mm: float) -> None:
     if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise ValueError(f"NSD tolerance must be a finite, non-negative number of mm, got {tolerance_mm}")
-    return spacing

@@ -25,7 +25,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -68,18 +68,22 @@ def evaluate_folder(reference_folder: str | os.PathLike, prediction_folder: str 
     rules = preset_rules(preset, organs)
     tolerances = resolve_tolerances(dataset_json, organs, tolerances_mm,
                                     None if rules is None else rules.tolerances_mm)
+    declared = sorted({0, *organs.values(), *([] if ignore_label is None else [ignore_label])})
     jobs = [(case, str(reference_folder / (case + file_ending)), str(prediction_folder / (case + file_ending)),
-             organs, tolerances, ignore_label, rules) for case in cases]
+             organs, tolerances, ignore_label, declared, rules) for case in cases]
     metrics = dict(zip(cases, map_cases(_evaluate_case, jobs, num_processes, "evaluating")))
     domains = {case: domain_of(dataset_json, case) for case in cases}
+    mean = rules.aggregate if rules is not None else _mean
     summary = {"cases": [{"case": c, "domain": domains[c], "metrics": metrics[c]} for c in cases],
-               "mean": _domain_means(metrics, domains, list(organs), _domain_order(dataset_json)),
+               "mean": _domain_means(metrics, domains, list(organs), _domain_order(dataset_json), mean),
                "tolerances_mm": tolerances, "preset": preset}
     if output_folder is not None:
         output_folder = Path(output_folder)
         output_folder.mkdir(parents=True, exist_ok=True)
         _write_atomically(output_folder / "summary.json", json.dumps(summary, indent=2))
         _write_atomically(output_folder / "summary.md", format_markdown(summary))
+        for name, text in ({} if rules is None else rules.tables(summary, file_ending)).items():
+            _write_atomically(output_folder / name, text)
     return summary
 
 
@@ -124,9 +128,9 @@ def resolve_tolerances(dataset_json: Mapping, organs: Mapping[str, int],
 def preset_rules(preset: str | None, organs: Mapping[str, int]) -> FlareRules | None:
     """The scoring rules of ``preset`` for the dataset's organs, or None without a preset.
 
-    The rules object has ``tolerances_mm`` (organ -> mm) and
-    ``case_metrics(reference, prediction, spacing, organs, tolerances_mm, ignore_label)``, a drop-in
-    for :func:`~nnunet_uda.evaluation.metrics.case_metrics`. ``"flare"``:
+    The rules object has ``tolerances_mm`` (organ -> mm), ``restrict`` and ``adjust`` (per organ, used by
+    :func:`~nnunet_uda.evaluation.metrics.case_metrics`), ``aggregate(metric, values)`` (the means of the
+    summary) and ``tables(summary, file_ending)`` (extra files of the output folder, name -> text). ``"flare"``:
     :func:`nnunet_uda.evaluation.flare.flare_rules`, which raises :class:`EvaluationError` when the
     dataset's labels are not the 13 FLARE organs.
     """
@@ -197,13 +201,20 @@ def _case_ids(folder: Path, file_ending: str) -> list[str]:
 
 def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
     """Worker: read one reference/prediction pair and compute its organ metrics (under the preset's rules)."""
-    case, reference_file, prediction_file, organs, tolerances, ignore_label, rules = job
+    case, reference_file, prediction_file, organs, tolerances, ignore_label, declared, rules = job
     reference_image = sitk.ReadImage(reference_file)
     reference = sitk.GetArrayFromImage(reference_image)
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(prediction_file))
     if reference.shape != prediction.shape:
         raise EvaluationError(f"case {case}: the prediction {prediction_file} has shape {prediction.shape} "
                               f"but the reference {reference_file} has shape {reference.shape} (numpy z,y,x)")
+    for what, path, array in (("prediction", prediction_file, prediction), ("reference", reference_file, reference)):
+        undeclared = sorted(set(label_values(array)) - set(declared))
+        if undeclared:
+            raise EvaluationError(f"case {case}: the {what} {path} holds label value(s) "
+                                  f"{', '.join(map(_number, undeclared))}, which dataset.json does not declare "
+                                  f"(its labels: {', '.join(map(str, declared))}); evaluate it with the "
+                                  f"dataset.json of the model that predicted it, or fix the file")
     spacing = reference_image.GetSpacing()[::-1]  # SimpleITK gives x,y,z; numpy arrays are z,y,x
     return case_metrics(reference, prediction, spacing, organs, tolerances, ignore_label, rules)
 
@@ -212,17 +223,28 @@ def _domain_order(dataset_json: Mapping) -> list[str]:
     return list(dataset_json.get("uda", {}).get("domains", {})) + [UNASSIGNED_DOMAIN]
 
 
+def label_values(labels: np.ndarray) -> np.ndarray:
+    """The distinct values of a label map (one counting pass for non-negative integers)."""
+    if labels.dtype.kind in "ub" or (labels.dtype.kind == "i" and labels.size and labels.min() >= 0):
+        return np.flatnonzero(np.bincount(labels.ravel()))
+    return np.unique(labels)
+
+
+def _mean(metric: str, values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
 def _domain_means(metrics: Mapping[str, Mapping], domains: Mapping[str, str], organs: list[str],
-                  order: list[str]) -> dict[str, dict]:
-    """Per domain: each organ's mean over the domain's cases, and the mean over organs."""
+                  order: list[str], mean: Callable[[str, Sequence[float]], float]) -> dict[str, dict]:
+    """Per domain: each organ's ``mean(metric, values)`` over the domain's cases, and the same over organs."""
     present = set(domains.values())
     ordered = [d for d in order if d in present] + sorted(present - set(order))
     means = {}
     for domain in ordered:
         cases = [c for c in metrics if domains[c] == domain]
-        per_organ = {organ: {m: float(np.mean([metrics[c][organ][m] for c in cases])) for m in METRICS}
+        per_organ = {organ: {m: mean(m, [metrics[c][organ][m] for c in cases]) for m in METRICS}
                      for organ in organs}
-        per_organ["average"] = {m: float(np.mean([per_organ[o][m] for o in organs])) for m in METRICS}
+        per_organ["average"] = {m: mean(m, [per_organ[o][m] for o in organs]) for m in METRICS}
         means[domain] = per_organ
     return means
 
