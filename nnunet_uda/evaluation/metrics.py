@@ -19,8 +19,8 @@ Empty masks, where the references give NaN, inf or an error:
 - exactly one empty: Dice 0, NSD 0, and HD95 = ASSD = the image's physical diagonal in mm, a finite
   worst case larger than any distance within the image, so that means over cases stay finite.
 
-Everything is computed within the bounding box of the union of both masks, enlarged by one voxel
-(clipped to the image): the same surfaces and distances as on the whole image, at a fraction of the cost.
+Everything is computed within the bounding box of the union of both masks: the same surfaces and
+distances as on the whole image, at a fraction of the cost.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from nnunet_uda.evaluation.surfels import surface_dice
 
@@ -77,7 +78,7 @@ def case_metrics(reference_labels: np.ndarray, predicted_labels: np.ndarray, spa
         if reference_box is None or predicted_box is None:
             out[name] = _empty_metrics(reference_box is None and predicted_box is None, diagonal)
         else:
-            box = _union_box(reference_box, predicted_box, reference_labels.shape)
+            box = _union_box(reference_box, predicted_box)
             reference, prediction = reference_labels[box] == value, predicted_labels[box] == value
             if rules is not None:
                 reference, prediction = rules.restrict(name, reference, prediction)
@@ -140,15 +141,19 @@ def _empty_metrics(both: bool, diagonal: float) -> dict[str, float]:
 
 def _distances_to(target_surface: np.ndarray, source_surface: np.ndarray,
                   spacing: Sequence[float]) -> np.ndarray:
-    """Distance from each ``source_surface`` voxel to the nearest ``target_surface`` voxel."""
-    distance_map = ndimage.distance_transform_edt(~target_surface, sampling=spacing)
-    return distance_map[source_surface]
+    """Distance from each ``source_surface`` voxel to the nearest ``target_surface`` voxel.
+
+    A k-d tree of the target's surface voxels: the distances of medpy's distance transform, in a
+    fraction of its time (surfaces hold far fewer voxels than their bounding box).
+    """
+    target, source = (np.argwhere(mask) * np.asarray(spacing) for mask in (target_surface, source_surface))
+    return cKDTree(target).query(source)[0]
 
 
-def _union_box(first: Box, second: Box, shape: Sequence[int], margin: int = 1) -> Box:
-    """The box holding both boxes, enlarged by ``margin`` voxels and clipped to ``shape``."""
-    return tuple(slice(max(min(a.start, b.start) - margin, 0), min(max(a.stop, b.stop) + margin, n))
-                 for a, b, n in zip(first, second, shape))
+def _union_box(first: Box, second: Box) -> Box:
+    """The smallest box holding both boxes. Both masks are empty outside it, so a crop to it has the
+    surfaces, surfels and distances of the whole image (outside an array counts as background)."""
+    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(first, second))
 
 
 def _check_inputs(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> tuple[float, ...]:

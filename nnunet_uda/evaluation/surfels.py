@@ -24,7 +24,6 @@ measurement is on ``docs/evaluation.md``.
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Sequence
 
 import numpy as np
@@ -75,13 +74,16 @@ def surfel_measures(spacing: tuple[float, ...]) -> np.ndarray:
 
 
 def neighbourhood_codes(mask: np.ndarray) -> np.ndarray:
-    """The code of every neighbourhood of ``mask`` padded by one background voxel (shape: ``mask.shape + 1``)."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    codes = np.zeros(tuple(n + 1 for n in mask.shape), np.uint8)
-    corners = list(itertools.product((0, 1), repeat=mask.ndim))
-    for corner, offset in enumerate(corners):
-        window = padded[tuple(slice(o, o + n + 1) for o, n in zip(offset, mask.shape))]
-        codes |= window << (len(corners) - 1 - corner)
+    """The code of every neighbourhood of ``mask`` padded by one background voxel (shape: ``mask.shape + 1``).
+
+    Built one axis at a time, the last first: pairing neighbouring positions along an axis doubles the bits
+    per position, the lower position taking the higher bits.
+    """
+    codes = np.pad(mask.astype(np.uint8), 1)
+    for step, axis in enumerate(reversed(range(mask.ndim))):
+        lower = tuple(slice(None, -1) if a == axis else slice(None) for a in range(mask.ndim))
+        upper = tuple(slice(1, None) if a == axis else slice(None) for a in range(mask.ndim))
+        codes = (codes[lower] << (2 ** step)) | codes[upper]
     return codes
 
 
