@@ -31,8 +31,10 @@ the submission does not depend on the environment it runs in.
 
 :func:`run_submission` runs ``sh predict.sh CASE_INPUTS CASE_OUTPUTS`` once per case, each case alone in a temporary
 inputs folder, and writes a CSV with one row per case: exit code, status, wall time, peak RAM of the predict.sh
-process tree and, where ``nvidia-smi`` finds a GPU, peak GPU memory of the tree's processes. Memory is in MB of
-2^20 bytes (nvidia-smi's unit). RAM is polled from ``/proc``: the tree's proportional set sizes, which count pages
+process tree and, where ``nvidia-smi`` finds a GPU, peak GPU memory of the tree's processes, and the areas under
+both memory curves over time in MB x s (FLARE24's ``AUC_RAM_Time`` and ``AUC_GPU_Time``, from samples every 0.1 s
+as its ``Efficiency.py`` takes them; FLARE samples the whole machine's used RAM and the GPU's used memory, this
+runner the submission's own processes). Memory is in MB of 2^20 bytes (nvidia-smi's unit). RAM is polled from ``/proc``: the tree's proportional set sizes, which count pages
 shared among its processes (nnUNetv2_predict forks 12 workers to list its input files) once in all, not once each
 (:func:`process_memory`). The kernel's high-water mark of the largest single process (``wait4``) catches a peak
 between two samples and counts libraries in full that other processes on the machine share; the larger of the two
@@ -71,7 +73,8 @@ DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 # The FLARE 2024 paper's environment (Table 2: PyTorch 2.4.0, CUDA 12.1); its torch satisfies nnunetv2 2.8.1.
 DOCKER_BASE_IMAGE = "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime"
 DEFAULT_CSV = "efficiency.csv"
-CSV_FIELDS = ("case", "status", "exit_code", "wall_time_s", "peak_ram_mb", "peak_gpu_mb")
+CSV_FIELDS = ("case", "status", "exit_code", "wall_time_s", "peak_ram_mb", "peak_gpu_mb", "auc_ram_time_mb_s",
+              "auc_gpu_time_mb_s")
 MB = 2 ** 20
 
 
@@ -514,13 +517,13 @@ def parse_compute_apps(text: str) -> dict[int, int]:
 
 
 class TreeMonitor:
-    """Polls the memory (and GPU memory) of a process tree in a background thread while in a ``with``;
-    ``samples`` holds (time, bytes) of every poll, ``peak_ram_bytes`` their maximum."""
+    """Samples the memory (and GPU memory) of a process tree every ``interval`` seconds, on a fixed schedule, in a
+    background thread while in a ``with``; ``samples`` holds (time, RAM bytes, GPU MB) of every sample."""
 
     def __init__(self, root: int, interval: float, gpu: bool = False):
         self.root, self.interval, self.gpu = root, interval, gpu
-        self.peak_ram_bytes, self.peak_gpu_mb = 0, 0
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int, int]] = []
+        self.end = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -531,20 +534,39 @@ class TreeMonitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.end = time.perf_counter()
 
     def _poll(self) -> None:
+        due = time.perf_counter()
         while True:
             self.sample()
-            if self._stop.wait(self.interval):
+            due += self.interval
+            if self._stop.wait(max(due - time.perf_counter(), 0.0)):
                 return
 
     def sample(self) -> None:
+        now = time.perf_counter()
         tree = tree_pids(process_parents(), self.root)
-        self.samples.append((time.time(), sum(process_memory(pid) for pid in tree)))
-        self.peak_ram_bytes = max(self.peak_ram_bytes, self.samples[-1][1])
-        if self.gpu:
-            used = gpu_memory_by_pid()
-            self.peak_gpu_mb = max(self.peak_gpu_mb, sum(mb for pid, mb in used.items() if pid in tree))
+        ram = sum(process_memory(pid) for pid in tree)
+        gpu = sum(mb for pid, mb in gpu_memory_by_pid().items() if pid in tree) if self.gpu else 0
+        self.samples.append((now, ram, gpu))
+
+    def peak(self, column: int) -> float:
+        return max((sample[column] for sample in self.samples), default=0)
+
+    def area(self, column: int) -> float:
+        """The area under a column's curve up to the end of the ``with``: :func:`area_under_curve`."""
+        return area_under_curve([s[0] for s in self.samples], [s[column] for s in self.samples], self.end)
+
+
+def area_under_curve(times: Sequence[float], values: Sequence[float], end: float) -> float:
+    """The integral of a sampled curve over time, each sample held until the next one and the last until ``end``.
+
+    With samples every ``interval`` seconds this is FLARE24's ``sum(samples) * interval`` (``load_json.py``'s
+    AUC_GPU_Time and AUC_RAM_Time); a sample that comes late is weighted by the time it stood for.
+    """
+    return float(sum(value * (following - current)
+                     for value, current, following in zip(values, times, [*times[1:], end])))
 
 
 @dataclass(frozen=True)
@@ -553,9 +575,11 @@ class Measurement:
     wall_time_s: float
     peak_ram_mb: float
     peak_gpu_mb: float | None
+    auc_ram_mb_s: float  # FLARE's AUC_RAM_Time of the process tree
+    auc_gpu_mb_s: float | None  # FLARE's AUC_GPU_Time of the process tree
 
 
-def run_measured(command: Sequence[str], cwd: Path, log: Path, interval: float = 0.2, gpu: bool = False,
+def run_measured(command: Sequence[str], cwd: Path, log: Path, interval: float = 0.1, gpu: bool = False,
                  env: Mapping[str, str] | None = None) -> Measurement:
     """Run ``command`` (its output into ``log``) and measure its process tree (module docstring)."""
     with open(log, "w") as out:
@@ -573,8 +597,9 @@ def run_measured(command: Sequence[str], cwd: Path, log: Path, interval: float =
         wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     largest_process = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-    return Measurement(process.returncode, wall, max(monitor.peak_ram_bytes, largest_process) / MB,
-                       float(monitor.peak_gpu_mb) if gpu else None)
+    return Measurement(process.returncode, wall, max(monitor.peak(1), largest_process) / MB,
+                       float(monitor.peak(2)) if gpu else None, monitor.area(1) / MB,
+                       monitor.area(2) if gpu else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -592,7 +617,9 @@ class CaseResult:
         m = self.measurement
         return {"case": self.case, "status": self.status, "exit_code": m.exit_code,
                 "wall_time_s": f"{m.wall_time_s:.2f}", "peak_ram_mb": f"{m.peak_ram_mb:.0f}",
-                "peak_gpu_mb": "" if m.peak_gpu_mb is None else f"{m.peak_gpu_mb:.0f}"}
+                "peak_gpu_mb": "" if m.peak_gpu_mb is None else f"{m.peak_gpu_mb:.0f}",
+                "auc_ram_time_mb_s": f"{m.auc_ram_mb_s:.0f}",
+                "auc_gpu_time_mb_s": "" if m.auc_gpu_mb_s is None else f"{m.auc_gpu_mb_s:.0f}"}
 
 
 def find_cases(inputs: Path) -> dict[str, list[Path]]:
@@ -670,7 +697,7 @@ class RunReport:
 
 
 def run_submission(submission: str | os.PathLike, inputs: str | os.PathLike, outputs: str | os.PathLike,
-                   csv_path: str | os.PathLike | None = None, interval: float = 0.2,
+                   csv_path: str | os.PathLike | None = None, interval: float = 0.1,
                    progress: bool = True) -> RunReport:
     """Run a submission folder on every case of ``inputs``, one case at a time, like the challenge.
 

@@ -305,6 +305,13 @@ def test_shape_mismatch_names_the_case(folders):
         evaluate_folder(reference_folder, prediction_folder, dataset_json(), num_processes=1)
 
 
+def test_label_maps_stored_as_floats(folders):
+    reference_folder, prediction_folder = folders
+    expected = evaluate_folder(reference_folder, prediction_folder, dataset_json(), num_processes=1)
+    write_labels(reference_folder / "case_001.nii.gz", label_map(1).astype(np.float32))
+    assert evaluate_folder(reference_folder, prediction_folder, dataset_json(), num_processes=1) == expected
+
+
 @pytest.mark.parametrize("side", ["prediction", "reference"])
 def test_undeclared_label_values_name_the_file(folders, side):
     reference_folder, prediction_folder = folders

@@ -20,8 +20,8 @@ from nnunet_uda.cli.submission import main, run_main
 from nnunet_uda.pipeline import command
 from nnunet_uda.planning import DEFAULT_PLANS
 from nnunet_uda.postprocessing import load_config, postprocess_image
-from nnunet_uda.submission import (ModelSpec, SubmissionError, build_submission, gpu_present, parse_compute_apps,
-                                   run_submission, tree_pids)
+from nnunet_uda.submission import (ModelSpec, SubmissionError, area_under_curve, build_submission, gpu_present,
+                                   parse_compute_apps, run_submission, tree_pids)
 
 DATASET = 953
 NAME = "Dataset953_UDAPhantom"
@@ -87,9 +87,11 @@ def test_runner_runs_each_case_alone_and_reports_failures(tmp_path, capsys, monk
     assert [rows[c]["status"] for c in rows] == ["ok", "failed", "no output", "ok"]
     assert [rows[c]["exit_code"] for c in rows] == ["0", "3", "0", "0"]
     for case in ("a", "z"):
-        assert 0.6 <= float(rows[case]["wall_time_s"]) < 60
-        assert 200 <= float(rows[case]["peak_ram_mb"]) < 2000  # the bytearray, plus the interpreter
-        assert rows[case]["peak_gpu_mb"] == ""
+        wall, peak = float(rows[case]["wall_time_s"]), float(rows[case]["peak_ram_mb"])
+        assert 0.6 <= wall < 60
+        assert 200 <= peak < 2000  # the bytearray, plus the interpreter
+        assert 200 * 0.5 <= float(rows[case]["auc_ram_time_mb_s"]) <= peak * wall  # 200 MB held for 0.6 s
+        assert rows[case]["peak_gpu_mb"] == rows[case]["auc_gpu_time_mb_s"] == ""
     assert (outputs / "logs" / "bad.log").read_text().strip() == "something broke in bad"
 
 
@@ -106,6 +108,17 @@ def test_runner_polls_gpu_memory_of_the_process_tree(tmp_path, monkeypatch):
     gpu = float(_rows(report.csv)["a"]["peak_gpu_mb"])
     # sh, then sh with its python child: 100 MB for each process of the tree alive at a sample, none from elsewhere
     assert gpu in (100, 200, 300) and report.results[0].measurement.peak_gpu_mb == gpu
+    wall = report.results[0].measurement.wall_time_s
+    assert 100 * 0.6 <= float(_rows(report.csv)["a"]["auc_gpu_time_mb_s"]) <= gpu * wall + 1
+
+
+def test_area_under_curve_is_flares_on_a_regular_schedule():
+    """FLARE24's load_json.py: np.round(sum(samples) * 0.1), samples every 0.1 s."""
+    values = [120.0, 450.0, 452.0, 300.0, 80.0]
+    times = [10 + 0.1 * i for i in range(5)]
+    assert area_under_curve(times, values, end=10.5) == pytest.approx(sum(values) * 0.1)
+    assert area_under_curve([0.0, 0.1, 0.4], [100.0, 200.0, 50.0], end=0.5) == pytest.approx(10 + 60 + 5)  # a late one
+    assert area_under_curve([], [], end=1.0) == 0.0
 
 
 def test_process_tree_and_nvidia_smi_parsing():

@@ -5,8 +5,8 @@ Example::
     nnUNetv2_uda_evaluate -ref nnUNet_raw/Dataset005_X/labelsTs -pred predictions -d 5 -tol liver=3
     nnUNetv2_uda_evaluate -ref labelsTs -pred predictions -d 5 -preset flare   # FLARE 2024 scoring
 
-writes ``summary.json`` and ``summary.md`` to ``-o`` (default: the prediction folder) and prints
-the Markdown tables. See :mod:`nnunet_uda.evaluation.report` for the output format,
+writes ``summary.json`` and ``summary.md`` (with ``-preset flare`` also the official script's
+``DSC_NSD.csv``) to ``-o`` (default: the prediction folder) and prints the Markdown tables. See :mod:`nnunet_uda.evaluation.report` for the output format,
 :mod:`nnunet_uda.evaluation.metrics` for the metric conventions and
 :mod:`nnunet_uda.evaluation.flare` for the FLARE preset's rules and their sources.
 """
@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="NSD tolerance in mm per organ (default 2 mm, or the dataset's "
                              "uda.nsd_tolerance_mm, or the preset's); overrides them all")
     parser.add_argument("-preset", "--preset", choices=PRESETS, default=None,
-                        help="score by a challenge's rules. flare: FLARE 2024 (Task 3) official "
-                             "evaluation: the 13 FLARE organs, matched by label name; NSD tolerances "
+                        help="score by a challenge's rules. flare: the FLARE 2024 (Task 3) official evaluation "
+                             "script's numbers: the 13 FLARE organs, matched by label name; NSD tolerances "
                              "liver 5, kidneys 3, spleen 3, pancreas 5, aorta 2, IVC 2, adrenal glands 2, "
                              "gallbladder 2, esophagus 3, stomach 5, duodenum 7 mm; NSD 0 where Dice < 0.2; "
-                             "aorta, IVC and esophagus scored only within the reference's axial slice range")
+                             "aorta, IVC and esophagus on the reference's axial slab as the script slices it; "
+                             "values rounded as the script rounds them; also writes its DSC_NSD.csv")
     parser.add_argument("-np", type=int, default=2, help="number of worker processes (default 2)")
     return parser
 

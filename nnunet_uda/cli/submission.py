@@ -63,13 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 def build_run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=RUN_PROG, description="Run a submission folder's predict.sh one case at a time, like the challenge, "
-                                   "and write each case's wall time, peak RAM and peak GPU memory to a CSV.")
+                                   "and write each case's wall time, peak RAM and GPU memory and the areas under their "
+                                   "curves (FLARE's AUC_RAM_Time, AUC_GPU_Time) to a CSV.")
     parser.add_argument("-s", required=True, help="submission folder (written by nnUNetv2_uda_submission)")
     parser.add_argument("-i", required=True, help="folder of <case>_0000.nii.gz images")
     parser.add_argument("-o", required=True, help="folder for the <case>.nii.gz label maps")
     parser.add_argument("--csv", default=None, help="CSV of the measurements (default: OUTPUTS/efficiency.csv); "
                                                     "the case logs go to logs/ beside it")
-    parser.add_argument("-interval", type=float, default=0.2, help="seconds between memory samples (default 0.2)")
+    parser.add_argument("-interval", type=float, default=0.1,
+                        help="seconds between memory samples (default 0.1, FLARE's sampling interval)")
     return parser
 
 

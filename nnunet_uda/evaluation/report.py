@@ -17,7 +17,8 @@ metrics per domain and organ, and writes ``summary.json`` and ``summary.md``.
 of those organ means. Domains appear in the order of the domain table, then ``"all"``.
 
 A preset (``preset="flare"``: :mod:`nnunet_uda.evaluation.flare`) scores the cases by a
-challenge's rules and tolerances; ``"preset"`` records which one was used.
+challenge's rules and tolerances, averages them as the challenge does and may add tables of its own
+(FLARE: the official script's ``DSC_NSD.csv``); ``"preset"`` records which one was used.
 """
 from __future__ import annotations
 
@@ -215,6 +216,8 @@ def _evaluate_case(job: tuple) -> dict[str, dict[str, float]]:
                                   f"{', '.join(map(_number, undeclared))}, which dataset.json does not declare "
                                   f"(its labels: {', '.join(map(str, declared))}); evaluate it with the "
                                   f"dataset.json of the model that predicted it, or fix the file")
+    # label maps stored as floats hold declared, hence integral, values by now
+    reference, prediction = (a if a.dtype.kind in "iu" else a.astype(np.int32) for a in (reference, prediction))
     spacing = reference_image.GetSpacing()[::-1]  # SimpleITK gives x,y,z; numpy arrays are z,y,x
     return case_metrics(reference, prediction, spacing, organs, tolerances, ignore_label, rules)
 
