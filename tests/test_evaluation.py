@@ -16,7 +16,8 @@ from medpy.metric import binary
 from scipy import ndimage
 
 from nnunet_uda.evaluation.metrics import case_metrics, organ_metrics, physical_diagonal, surface
-from nnunet_uda.evaluation.report import EvaluationError, evaluate_folder, format_markdown, resolve_tolerances
+from nnunet_uda.evaluation import EvaluationError
+from nnunet_uda.evaluation.report import evaluate_folder, format_markdown, resolve_tolerances
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (20, 24, 28)

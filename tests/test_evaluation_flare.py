@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_uda.evaluation import EvaluationError
 from nnunet_uda.evaluation.flare import ORGANS, TOLERANCES_MM, flare_rules, match_organs
 from nnunet_uda.evaluation.metrics import case_metrics, organ_metrics, physical_diagonal
-from nnunet_uda.evaluation.report import (EvaluationError, evaluate_folder, format_markdown, organ_labels,
-                                          resolve_tolerances)
+from nnunet_uda.evaluation.report import evaluate_folder, format_markdown, organ_labels, resolve_tolerances
 from tests.test_evaluation import SHAPE, SPACING, run_cli, write_labels
 
 # label_tolerance of https://github.com/JunMa11/FLARE/blob/main/FLARE24/T2andT3_FLARE24_DSC_NSD_Eval.py,
@@ -345,7 +345,8 @@ def phantom_folders(tmp_path_factory):
     """Five phantom test cases with 13 FLARE organs, anisotropic spacings, and predictions of several kinds:
     registration-like (good), shifted (poor: Dice below 0.2 for small organs), another subject's labels,
     a missed gallbladder with the aorta predicted on every slice, and organs absent from the reference."""
-    from nnunet_uda.synthetic.phantom import PSEUDO_LABEL_PERTURBATIONS, perturb_labels, synthesize_case
+    from nnunet_uda.synthetic.case import synthesize_case
+    from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS, perturb_labels
 
     root = tmp_path_factory.mktemp("flare_phantom")
     (root / "labelsTs").mkdir()

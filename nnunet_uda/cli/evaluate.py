@@ -16,7 +16,8 @@ import argparse
 from typing import Sequence
 
 from nnunet_uda.data.raw import find_raw_dataset, load_dataset_json
-from nnunet_uda.evaluation.report import PRESETS, EvaluationError, evaluate_folder, format_markdown
+from nnunet_uda.evaluation import EvaluationError
+from nnunet_uda.evaluation.report import PRESETS, evaluate_folder, format_markdown
 
 
 def parse_tolerances(items: Sequence[str]) -> dict[str, float]:

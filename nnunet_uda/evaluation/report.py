@@ -26,26 +26,21 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_uda.evaluation import EvaluationError
+from nnunet_uda.evaluation.flare import FlareRules, flare_rules
 from nnunet_uda.evaluation.metrics import METRICS, case_metrics
 from nnunet_uda.parallel import map_cases
 
-if TYPE_CHECKING:
-    from nnunet_uda.evaluation.flare import FlareRules
-
 DEFAULT_TOLERANCE_MM = 2.0
 UNASSIGNED_DOMAIN = "all"
-PRESETS = ("flare",)
+PRESETS = {"flare": flare_rules}  # name -> the rules for a dataset's organs
 METRIC_COLUMNS = {"dice": "Dice", "nsd": "NSD", "hd95": "HD95 (mm)", "assd": "ASSD (mm)"}
 DECIMALS = {"dice": 4, "nsd": 4, "hd95": 2, "assd": 2}
-
-
-class EvaluationError(ValueError):
-    """The inputs of an evaluation are inconsistent; the message names the case or setting."""
 
 
 def evaluate_folder(reference_folder: str | os.PathLike, prediction_folder: str | os.PathLike,
@@ -137,10 +132,9 @@ def preset_rules(preset: str | None, organs: Mapping[str, int]) -> FlareRules | 
     """
     if preset is None:
         return None
-    if preset == "flare":
-        from nnunet_uda.evaluation.flare import flare_rules  # here, not at the top: flare imports this module
-        return flare_rules(organs)
-    raise EvaluationError(f"unknown evaluation preset {preset!r}; the presets are: {', '.join(PRESETS)}")
+    if preset not in PRESETS:
+        raise EvaluationError(f"unknown evaluation preset {preset!r}; the presets are: {', '.join(PRESETS)}")
+    return PRESETS[preset](organs)
 
 
 def domain_of(dataset_json: Mapping, case: str) -> str:
