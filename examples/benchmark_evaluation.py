@@ -27,7 +27,9 @@ from nnunet_uda.evaluation.report import evaluate_folder
 
 def phantom_folder(root: Path, shape: tuple[int, int, int], cases: int) -> tuple[Path, Path, dict]:
     """``cases`` phantom CT label maps of ``shape`` and registration-like predictions of them."""
-    from nnunet_uda.synthetic.phantom import LABELS, PSEUDO_LABEL_PERTURBATIONS, perturb_labels, synthesize_case
+    from nnunet_uda.synthetic.anatomy import LABELS
+    from nnunet_uda.synthetic.case import synthesize_case
+    from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS, perturb_labels
 
     for folder in ("labelsTs", "predictions"):
         (root / folder).mkdir()

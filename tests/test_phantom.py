@@ -1,4 +1,4 @@
-"""Tests of the synthetic phantom benchmark (nnunet_uda.synthetic.phantom, nnUNetv2_uda_phantom)."""
+"""Tests of the synthetic phantom benchmark (nnunet_uda.synthetic, nnUNetv2_uda_phantom)."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,11 @@ from scipy.ndimage import binary_erosion
 
 from nnunet_uda.cli.phantom import main
 from nnunet_uda.domains import DomainTable
-from nnunet_uda.synthetic import phantom
-from nnunet_uda.synthetic.phantom import (IGNORE_LABEL, LABELS, ORGANS, PhantomOptionsError,
-                                          generate_phantom_dataset, synthesize_case)
+from nnunet_uda.synthetic import dataset
+from nnunet_uda.synthetic.anatomy import IGNORE_LABEL, LABELS, ORGANS
+from nnunet_uda.synthetic.case import synthesize_case
+from nnunet_uda.synthetic.dataset import generate_phantom_dataset
+from nnunet_uda.synthetic.options import PhantomOptionsError
 
 SMALL = dict(shape=(24, 28, 28), n_source=3, n_target=2, n_test=2)
 ORGAN_VALUES = set(range(1, len(ORGANS) + 1))
@@ -249,7 +251,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         if len(written) == 5:
             raise OSError("disk full")
 
-    monkeypatch.setattr(phantom, "write_volume", failing_writer)
+    monkeypatch.setattr(dataset, "write_volume", failing_writer)
     with pytest.raises(OSError, match="disk full"):
         make(tmp_path)
     assert list(tmp_path.iterdir()) == []

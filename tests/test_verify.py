@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_uda.synthetic.phantom import generate_phantom_dataset
+from nnunet_uda.synthetic.dataset import generate_phantom_dataset
 from nnunet_uda.verify import DatasetError, find_problems, verify_dataset
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 
 from nnunet_uda.data.raw import raw_root
-from nnunet_uda.synthetic.phantom import (DEFAULT_SHAPE, PSEUDO_LABEL_PERTURBATIONS, PhantomOptionsError,
-                                          generate_phantom_dataset)
+from nnunet_uda.synthetic.acquisition import DEFAULT_SHAPE
+from nnunet_uda.synthetic.dataset import generate_phantom_dataset
+from nnunet_uda.synthetic.options import PhantomOptionsError
+from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
