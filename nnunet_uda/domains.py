@@ -20,34 +20,18 @@ are copied to the preprocessed, results and prediction folders)::
         "test_cases": {"case_900": {"domain": "T1"}}
     }
 
-- ``domains``: every domain (a modality, or a scanner or site), its ``modality`` (``CT`` or
-  ``MR``, or any other name; it selects the intensity harmonisation, see
-  :mod:`nnunet_uda.intensity`) and the label classes annotated in its ground-truth cases: a list
-  of label names from ``dataset.json["labels"]`` or ``"all"``. A class missing from a domain's list
-  is drawn as background in that domain's label files (partial labels, as in the AICL paper's
-  orbital dataset); the losses then treat it as "background or an unannotated class".
-- ``target``: the domain(s) to adapt to. The first one is the default inference domain.
-- ``cases``: every training case of ``imagesTr``. ``labels`` says what its label file holds:
-  ``ground_truth`` (the domain's annotated classes), ``pseudo`` (every class, from a model or a
-  registration; ``round`` numbers self-training rounds, 0 for initial pseudo labels) or ``none``
-  (an unlabeled case: its label file is entirely nnU-Net's ignore label). A case may also give its
-  own ``annotated_labels``, overriding what its ``labels`` kind implies.
-- the label source of each class: a ``ground_truth`` case may list ``pseudo_labels``, classes
-  whose voxels in its label file come from initial pseudo labels (e.g. registered from another
-  modality) rather than from an annotator, as AICL's partially labeled cases do: manual labels for
-  the domain's annotated classes, registration-propagated ones for the rest. Those classes count as
-  labeled for trainers that do not tell the sources apart; AICL supervises them separately
-  (l_supUL). Every class of a ``pseudo`` case is a pseudo label.
-- ``subject`` (optional, any case): the person or specimen a case shows. Cases of different
-  domains with one subject are a modality pair, as AICL's registered scans of one subject
-  (``"case_000": {"domain": "CT", "subject": "s000"}``, ``"case_100": {"domain": "T1", "subject":
-  "s000"}``); a subject has at most one training case per domain. A pair's images are expected to
-  be registered (one anatomy in one place); trainers that compare the two modalities' maps
-  (AICL's l_csc) draw them together (:meth:`DomainTable.twin`).
-- ``translated_from`` (optional, training cases): the image is a translation of that source case
-  into the case's domain (``nnUNetv2_uda_translate``); its label file is the source case's.
-- ``test_cases``: the cases of ``imagesTs`` (and ``labelsTs`` where held-out labels exist).
+- ``domains``: every domain, its ``modality`` (it selects the intensity harmonisation,
+  :mod:`nnunet_uda.intensity`) and the classes annotated in its ground-truth cases (label names or
+  ``"all"``); a class missing there is drawn as background in that domain's label files (partial labels);
+- ``target``: the domain(s) to adapt to; the first is the default inference domain;
+- ``cases``: every training case; ``labels`` is ``ground_truth``, ``pseudo`` (``round`` 0 for initial
+  pseudo labels) or ``none`` (a label file of nnU-Net's ignore label); optional ``annotated_labels``,
+  ``pseudo_labels`` (classes of a ground-truth case that come from initial pseudo labels, AICL's
+  l_supUL), ``subject`` (cases of different domains with one subject are a registered modality pair,
+  :meth:`DomainTable.twin`) and ``translated_from`` (``nnUNetv2_uda_translate``);
+- ``test_cases``: the cases of ``imagesTs``.
 
+docs/datasets.md describes every key with its use.
 The order of ``domains`` fixes the domain indices used by conditional instance normalisation.
 """
 from __future__ import annotations

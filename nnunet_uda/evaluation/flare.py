@@ -1,53 +1,26 @@
 """The FLARE preset of the evaluation (``evaluate_folder(..., preset="flare")``, ``-preset flare``).
 
-FLARE 2024 Task 3 (unsupervised domain adaptation from CT to MRI) ranks 13 abdominal organs by DSC
-and NSD (paper 002 in ../shared/papers, section 3.1, "Evaluation Measures"). The paper names the
-measures only; the rules are those of the challenge's official evaluation script for Tasks 2 and 3,
-https://github.com/JunMa11/FLARE/blob/main/FLARE24/T2andT3_FLARE24_DSC_NSD_Eval.py ("the FLARE24
-script" below). FLARE22's and FLARE23's scripts in the same repository
-(FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py, FLARE23/FLARE23_DSC_NSD_Eval.py) use the same organs,
-tolerances and axial-range rule.
+FLARE 2024 Task 3 ranks 13 abdominal organs by DSC and NSD (paper 002, section 3.1). The preset computes
+what the official script computes, case by case:
+https://github.com/JunMa11/FLARE/blob/main/FLARE24/T2andT3_FLARE24_DSC_NSD_Eval.py ("the script").
+``docs/evaluation.md`` describes the rules and the test that compares the preset with a transcription of
+the script. Per organ and case:
 
-- **Organs** (label values of the FLARE datasets; the script scores label ``i`` as the ``i``-th
-  entry of its tolerance table): 1 liver, 2 right kidney, 3 spleen, 4 pancreas, 5 aorta,
-  6 inferior vena cava, 7 right adrenal gland, 8 left adrenal gland, 9 gallbladder, 10 esophagus,
-  11 stomach, 12 duodenum, 13 left kidney.
+- the organs are matched to the dataset's labels by name, not value (case, spaces, underscores and hyphens
+  ignored; the script's RK, LK, IVC, RAG, LAG accepted); each of the 13 by exactly one label, no other
+  foreground label, else an :class:`~nnunet_uda.evaluation.EvaluationError` naming the labels at fault;
+- empty masks, judged on the whole image: both empty gives DSC = NSD = 1, one empty 0 and 0;
+- aorta, inferior vena cava and esophagus on the reference's axial slab ``[z_lower:z_upper]`` as the script
+  slices it: its highest labelled slice left out (Python's exclusive stop), the cut faces surface. The
+  script's axis 2 of nibabel's (x, y, z) array is axis 0 of SimpleITK's (z, y, x) array;
+- DSC and DeepMind's surfel-area NSD (:mod:`~nnunet_uda.evaluation.metrics`) with the script's tolerances
+  (:data:`TOLERANCES_MM`, overriding the dataset's ``nsd_tolerance_mm``; ``-tol`` overrides them);
+- NSD 0 where DSC < 0.2 (FLARE23's threshold was 0.1, FLARE22 had none);
+- DSC and NSD rounded to 4 decimals with numpy's rounding, as ``round`` of a numpy float; organ means and
+  ``Organ_DSC``/``Organ_NSD`` as the FLARE23 summary averages and rounds them (:meth:`FlareRules.aggregate`).
 
-Per organ and case, as the script computes it (``docs/evaluation.md`` has the test that compares the two):
-
-- **Empty masks**, judged on the whole image: reference and prediction both empty gives DSC = NSD = 1;
-  exactly one empty gives DSC = NSD = 0 (the script's first three branches). HD95 and ASSD (not FLARE
-  measures) follow :mod:`~nnunet_uda.evaluation.metrics`: 0, or the image diagonal in mm.
-- **Aorta, inferior vena cava and esophagus are scored on an axial slab of the reference**: abdominal
-  scans cut these tubular organs at arbitrary heights. The script keeps the slices ``[z_lower:z_upper]``
-  of both masks, ``z_lower`` and ``z_upper`` being the reference's lowest and highest slice with the organ
-  (``find_lower_upper_zbound``). Python's exclusive stop drops the reference's highest slice, and so
-  does this preset, so that the numbers are the official ones; the slab's cut faces count as surface. The script
-  takes axis 2 of nibabel's (x, y, z) array, axis 0 of the (z, y, x) array SimpleITK and nnU-Net read.
-- **DSC and NSD** (DeepMind's surfel-area NSD, as in :mod:`~nnunet_uda.evaluation.metrics`) on those
-  masks, with the script's ``label_tolerance`` in mm: liver 5, right kidney 3, spleen 3, pancreas 5,
-  aorta 2, inferior vena cava 2, adrenal glands 2, gallbladder 2, esophagus 3, stomach 5, duodenum 7,
-  left kidney 3. They override ``dataset_json["uda"]["nsd_tolerance_mm"]``; ``tolerances_mm`` (``-tol``)
-  still overrides them.
-- **NSD = 0 where DSC < 0.2** ("don't compute NSD if DSC is too low"; FLARE23's threshold was 0.1,
-  FLARE22 had none).
-- **Rounding**: DSC and NSD of each case to 4 decimals, with numpy's rounding (``round`` of a numpy
-  float). The FLARE23 summary's organ means are the means of those rounded values, rounded to 4
-  decimals, and ``Organ_DSC`` / ``Organ_NSD`` the mean of the 13 rounded organ means, rounded again:
-  :meth:`FlareRules.aggregate`, the ``average`` row of the report.
-
-Where the script gives NaN, defined here: a reference tubular organ on a single slice leaves the
-script an empty slab (DSC NaN from 0/0, NSD NaN); here the slab is that slice. The script's other
-failures (a shape mismatch, a missing prediction) are the report's errors. Label values the
-dataset does not declare are an error too, where the script would ignore them.
-
-**Matching a dataset's labels**: by name, not by value. A dataset.json label matches a FLARE organ
-when the names agree ignoring case, spaces, underscores and hyphens ("Right_Kidney" and
-"rightkidney" are "right kidney"), or when it carries the script's short name (RK, LK, IVC, RAG,
-LAG). Each of the 13 organs must be matched by exactly one label, and no other foreground label
-may exist (the ignore label is allowed); a dataset numbering the organs differently is scored
-correctly. Anything else is an :class:`~nnunet_uda.evaluation.report.EvaluationError` that names
-the labels at fault.
+Where the script gives NaN, defined here: a tubular organ whose reference lies on one slice leaves the
+script an empty slab (0/0); the preset scores that slice.
 """
 from __future__ import annotations
 

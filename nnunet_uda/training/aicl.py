@@ -9,92 +9,31 @@ The recipe (paper section 2, eq. 6)::
   pairs), else batches that mix target and source cases of different subjects;
 - network: nnU-Net's U-Net (ResEnc by default) whose encoder norms are conditional on the
   modality (eq. 1), one forward pass giving logits and encoder features;
-- l_sup: focal + Dice against the hand-drawn classes of each case (section 2.3);
-- l_supUL: focal + Dice against the initial pseudo labels of the classes without manual labels
-  (the domain table's label sources: a ``pseudo`` case, or ``pseudo_labels`` of a ground-truth
-  case); both under nnU-Net's deep supervision;
+- l_sup: focal + Dice against the hand-drawn classes of each case (section 2.3); l_supUL: the same
+  against the initial pseudo labels of the classes without manual labels (the domain table's label
+  sources); both under nnU-Net's deep supervision;
 - l_fpc (eq. 4) on PGPS organ cuboids (eqs. 2-3) of the encoder features at 1/4 resolution,
   centred by the network's own detached soft predictions;
 - l_csc (eq. 5) between the image-scale soft predictions of the two modalities of each pair (without
-  pairs: of every two samples of different modalities).
+  pairs: of every two samples of different modalities);
+- schedules (section 3.2): lambda_supUL = 1 - r(t), lambda_csc = r(t), lambda_fpc = 0.5 r(t),
+  r(t) = min(1, max(0, (t - 10) / 20)), t in nnU-Net epochs (fractional, per iteration).
 
-Schedules (section 3.2), with t the training progress in epochs (fractional, per iteration):
-lambda_supUL = 1 - r(t), lambda_csc = r(t), lambda_fpc = 0.5 r(t), r(t) = min(1, max(0, (t - 10) / T)),
-T = 20. The paper counts its own epochs; here t counts nnU-Net epochs (250 iterations each by
-default) one for one, so the warm-up lasts 10 nnU-Net epochs and the ramps end at epoch 30. Every
-weight and schedule constant is a class attribute a variant can change. Brief runs with shorter
-epochs (``nnUNet_uda_iterations``) shorten the warm-up with them: at 25 iterations per epoch it is
-250 iterations, measured too few on the phantom for the network to learn more than the liver before
-l_csc ramps in; at 100 iterations per epoch (1000 iterations of warm-up) it segments every organ by
-then (README, AICL effectiveness).
+Adaptations to nnU-Net, each measured on the phantom (docs/methods/aicl.md, "Adaptations to nnU-Net,
+in detail" and "Measured"); every weight and constant is a class attribute a variant can change:
 
-Adaptations to nnU-Net, stated. The defaults are the recipe that measured best on the phantom
-(README, AICL effectiveness: paired, partial labels, 4000 iterations; target test Dice with
-shifted S-REG initial labels T1 0.714 and T2 0.716, 82% of the floor-to-ceiling gap, against 29%
-for pseudo-label training and 31% without l_fpc and l_csc); the variants at the end of the module
-keep the others:
-
-- optimiser: the paper's Adam, learning rate 1e-4 held constant, weight decay 1e-5
-  (``paper_optimizer``, a switch of the base trainer) rather than nnU-Net's SGD with its poly
-  schedule from 1e-2. Under SGD (momentum 0.99) the soft-Dice l_csc below diverged at lambda_csc
-  0.67 (``nnUNetTrainerAICL_SGD_DiceCSC``);
-- the contrast features are the output of the encoder stage at cumulative stride 4
-  (:func:`~nnunet_uda.organ_extents.contrast_stage`): the paper's F_m lives at H/4 x W/4 x D/4
-  (section 2.1) and maps ps = 7 to image patches of 24-32 voxels (Fig. 6), i.e. stride 4. It is an
-  encoder stage because PGCL aligns the CIN encoder's latent space (section 2.2.2);
-- PGPS cuboid size: ``pgps_patch_size`` if set, else the size planned from the training labels
-  (``plans["uda"]["pgps"]``, :mod:`nnunet_uda.organ_extents`), else the paper's 7 for TAO;
-  ``organ_adaptive_patches`` samples each organ with its own planned size, pooled to ps;
-- twin batches (``twin_batches``, default: where the domain table names subjects): the paper's
-  modality pairs are registered scans of one subject, augmented together, so l_csc compares maps of
-  one anatomy in one frame. A pair travels through nnU-Net's transforms as one two-channel sample
-  (:class:`~nnunet_uda.data.loader.TwinBatchDataLoader`); a batch of nnU-Net's size B holds B // 2
-  pairs, the same number of target and source samples as the base trainer's mixed batches. Target
-  cases whose twin is a validation case of the fold are not drawn;
-- without pairs, mirroring is drawn once per batch (``batch_mirroring``): nnU-Net's independent
-  mirroring moves every organ (left and right kidney trade places); at the phantom's true labels,
-  l_csc over CT-T1 samples averages 0.72 with one orientation and 39.9 with independent mirroring.
-  Each sample is still mirrored with nnU-Net's probabilities, and so at test time;
-- phi of l_csc (``csc_similarity``, ``csc_temperature``): the soft Dice overlap
-  2 <a, b> / (|a|^2 + |b|^2) in the InfoNCE form exp(phi / tau), tau = 0.1, the form of eq. 4 and
-  of the loss the paper cites for eq. 5 (van den Oord et al.). Eq. 5 as printed (phi itself, the
-  cosine; ``csc_temperature = None``, ``csc_similarity = "cosine"``) sees neither a map's
-  amplitude nor, where the negatives vanish, the positive's scale, so a faint target copy of the
-  twin's maps, with every argmax lost to the background, scores as well as the twin's own
-  (:mod:`~nnunet_uda.losses.structural_consistency`). Measured on the paired REG phantom after a
-  1000-iteration warm-up: eq. 5 as printed trains the target maps into such copies (l_csc 0.008 at
-  the trained weights, below the one-hot labels' 0.49; T1 test Dice 0.21 against 0.72 without
-  l_csc and l_fpc; ``nnUNetTrainerAICL_SGD_Eq5``);
-- l_csc holds some maps fixed (``csc_anchors``) so that hand-labeled maps stay what l_sup makes
-  them. ``"labeled"`` (default) holds, per organ, the maps of the samples whose labels for that
-  organ are hand-drawn, and moves the others, those of either modality; organs labeled by hand in
-  neither sample of a pair move on both sides, as eq. 5 prints it. That is the paper's setting, in
-  which each modality has manual labels for some organs (TAO: EOM and ON on T1, LG on T1c).
-  ``"source"`` holds the source modality's maps (``nnUNetTrainerAICL_SourceAnchors``). Measured on
-  the paired REG phantom, whose CT has no manual gallbladder and whose T1 has one (4000
-  iterations): with the source held, the CT gallbladder, taught by nothing once lambda_supUL
-  reaches 0, drew the target maps to it, and the test gallbladder Dice was 0.23 (CT), 0.38 (T1,
-  hand-labeled) and 0.23 (T2); with the hand-labeled maps held it was 0.69, 0.78 and 0.67, the
-  other organs about as before. Pseudo-label training with the same optimiser reached 0.67, 0.83
-  and 0.84;
-- the focal loss uses gamma = 2 without alpha weighting (Lin et al. 2017; the paper gives no
-  value); tau = 0.07 for l_fpc (PatchNCE's; the paper gives no value).
-
-Why pairs, measured: the paper's data are two modalities of the same subjects (orbital T1/T1c,
-cardiac bSSFP/LGE), and its REG pseudo labels are registered from one modality to the other of the
-same subject, so Y_m1 and Y_m2 of eq. 5 show one anatomy. A batch of different subjects does not.
-On the phantom's unpaired REG dataset (16 real training batches, ``examples/aicl_loss_scales.py``)
-the one-hot labels score 21.6 under the printed eq. 5 against
-10.6 for uniform maps, so minimising it moves predictions away from the anatomy; the InfoNCE form
-ranks the labels below uniform maps (8.8 at tau 0.1), yet trained it falls to 0.2, far below the
-labels, with soft atlas-like target maps (cosine ignores their amplitude) that lose every argmax:
-validation pseudo Dice stays under 0.1 through epoch 38 while the ablation without l_csc and l_fpc
-reaches 0.87. And after the ramps lambda_supUL is 0, so the organs a modality has no manual labels
-for are taught only through l_csc and l_fpc: without pairs the ablation scores 0.18 (T1) and 0.12
-(T2) on the target test sets, against 0.51 and 0.68 for pseudo-label training at constant weight.
-On paired data (``nnUNetv2_uda_phantom --paired``) with twin batches, the same measurement gives
-0.26 for the labels against 10.75 for uniform maps (16 batches): eq. 5 as printed is then lowest at
-the anatomy, as the paper intends.
+- the paper's Adam, learning rate 1e-4 held constant, weight decay 1e-5 (``paper_optimizer``), not
+  nnU-Net's SGD and poly schedule, under which the soft-Dice l_csc diverged;
+- contrast features from the encoder stage at cumulative stride 4 (the paper's H/4 x W/4 x D/4);
+  PGPS cuboid size planned from the training labels (``plans["uda"]["pgps"]``) unless
+  ``pgps_patch_size`` is set;
+- twin batches carry a pair through nnU-Net's transforms as one two-channel sample; without pairs,
+  mirroring is drawn once per batch (``batch_mirroring``);
+- phi of l_csc is the soft Dice 2 <a, b> / (|a|^2 + |b|^2) in the InfoNCE form exp(phi / 0.1)
+  (``csc_similarity``, ``csc_temperature``): eq. 5 as printed, with the cosine, is minimised by faint
+  copies of the twin's maps;
+- l_csc holds, per organ, the maps of the samples whose labels for it are hand-drawn (``csc_anchors``);
+- focal gamma 2 without alpha, tau 0.07 for l_fpc (the paper gives neither).
 """
 from __future__ import annotations
 
@@ -236,7 +175,7 @@ class nnUNetTrainerAICL_noFPC_noCSC(nnUNetTrainerAICL):
 
 
 class nnUNetTrainerAICL_SourceAnchors(nnUNetTrainerAICL):
-    """l_csc holds the source modality's maps fixed instead of the hand-labeled ones (module docstring)."""
+    """l_csc holds the source modality's maps fixed instead of the hand-labeled ones (docs/methods/aicl.md)."""
     csc_anchors = "source"
 
 
@@ -252,7 +191,7 @@ class nnUNetTrainerAICL_OrganAdaptive(nnUNetTrainerAICL):
 
 class nnUNetTrainerAICL_SGD_Eq5(nnUNetTrainerAICL):
     """nnU-Net's SGD and poly learning rate, l_csc as eq. 5 prints it (cosine phi, no temperature),
-    the source modality's maps held: measured to collapse the target maps (module docstring)."""
+    the source modality's maps held: measured to collapse the target maps (docs/methods/aicl.md)."""
     paper_optimizer = False
     csc_anchors = "source"
     csc_temperature = None
@@ -266,7 +205,7 @@ class nnUNetTrainerAICL_SGD_InfoNCECSC(nnUNetTrainerAICL_SGD_Eq5):
 
 class nnUNetTrainerAICL_SGD_DiceCSC(nnUNetTrainerAICL_SGD_InfoNCECSC):
     """``nnUNetTrainerAICL_SGD_InfoNCECSC`` with the soft Dice as phi: the default l_csc under nnU-Net's
-    SGD, the source modality's maps held (module docstring)."""
+    SGD, the source modality's maps held (docs/methods/aicl.md)."""
     csc_similarity = "dice"
 
 
