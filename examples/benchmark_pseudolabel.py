@@ -11,7 +11,7 @@ by the files they write:
 - the round itself: scoring (eq. 8), fusion (eq. 9), selection, the new dataset, the report and
   its figures.
 
-:class:`~nnunet_uda.submission.TreeMonitor` samples the memory (proportional set sizes) of this
+:class:`~nnunet_uda.submission.measure.TreeMonitor` samples the memory (proportional set sizes) of this
 process and its children (nnU-Net's preprocessing and export workers) every 20 ms.
 ``memory.png`` plots it against time, with the number of cases scored so far (from the fused
 labels' write times): flat while the count grows means memory does not grow with the number of
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom, train_folds  # noqa: E402
 from nnunet_uda.planning import DEFAULT_PLANS  # noqa: E402
-from nnunet_uda.submission import TreeMonitor  # noqa: E402
+from nnunet_uda.submission.measure import TreeMonitor  # noqa: E402
 
 TRAINER = "nnUNetTrainerSourceOnly"
 

@@ -87,14 +87,14 @@ class DomainTable:
         if TABLE_KEY not in dataset_json:
             raise DomainTableError(
                 f"{where} has no domain table: add a \"{TABLE_KEY}\" entry with \"domains\", "
-                f"\"target\" and \"cases\" (see the README, section 'Dataset conventions', or write "
+                f"\"target\" and \"cases\" (see docs/datasets.md, section 'Dataset conventions', or write "
                 f"one with nnunet_uda.domains.DomainTable.to_json)")
         table = dataset_json[TABLE_KEY]
         labels = foreground_labels(dataset_json, where)
         for key in ("domains", "target", "cases"):
             if key not in table:
                 raise DomainTableError(f"{where}: the domain table \"{TABLE_KEY}\" has no \"{key}\" entry; "
-                                       f"add it (see the README, section 'Dataset conventions')")
+                                       f"add it (see docs/datasets.md, section 'Dataset conventions')")
         if not isinstance(table["domains"], Mapping) or not table["domains"]:
             raise DomainTableError(f"{where}: \"{TABLE_KEY}.domains\" must map at least one domain name "
                                    f"to its description, e.g. {{\"CT\": {{\"modality\": \"CT\"}}}}")

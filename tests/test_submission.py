@@ -20,8 +20,11 @@ from nnunet_uda.cli.submission import main, run_main
 from nnunet_uda.pipeline import command
 from nnunet_uda.planning import DEFAULT_PLANS
 from nnunet_uda.postprocessing import load_config, postprocess_image
-from nnunet_uda.submission import (ModelSpec, SubmissionError, area_under_curve, build_submission, gpu_present,
-                                   parse_compute_apps, run_submission, tree_pids)
+from nnunet_uda.submission.build import build_submission
+from nnunet_uda.submission.challenge import SubmissionError
+from nnunet_uda.submission.measure import area_under_curve, gpu_present, parse_compute_apps, tree_pids
+from nnunet_uda.submission.model import ModelSpec
+from nnunet_uda.submission.runner import run_submission
 
 DATASET = 953
 NAME = "Dataset953_UDAPhantom"
@@ -185,7 +188,7 @@ def test_submission_folder_is_complete(model):
                            env=dict(os.environ, PYTHONPATH=str(submission / "plugin"), PYTHONDONTWRITEBYTECODE="1"),
                            cwd=submission, capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(f).is_relative_to(submission / "plugin") for f in found)
-    assert (submission / "plugin" / "nnunet_uda_trainers" / "nnunet_uda_base_trainers.py").is_file()
+    assert (submission / "plugin" / "nnunet_uda_trainers" / "nnunet_uda_trainer_classes.py").is_file()
     assert "Run" in (submission / "README.md").read_text()
 
 
@@ -277,12 +280,12 @@ def test_errors_name_the_problem_and_write_nothing(nnunet_env, tmp_path, argumen
 
 
 def test_failure_while_writing_leaves_nothing(nnunet_env, tmp_path, monkeypatch):
-    import nnunet_uda.submission as submission_module
+    import nnunet_uda.submission.build as build_module
 
     def broken(spec):
         raise OSError("disk full")
 
-    monkeypatch.setattr(submission_module, "dockerfile", broken)
+    monkeypatch.setattr(build_module, "dockerfile", broken)
     spec = ModelSpec(NAME, "3d_fullres", TRAINER, DEFAULT_PLANS, ("0",), "checkpoint_final.pth")
     with pytest.raises(OSError, match="disk full"):
         build_submission(spec, tmp_path / "submission")

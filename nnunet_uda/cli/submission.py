@@ -18,8 +18,10 @@ import statistics
 from typing import Sequence
 
 from nnunet_uda.planning import DEFAULT_PLANS
-from nnunet_uda.submission import (DEFAULT_CHECKPOINT, DEFAULT_FOLDS, ModelSpec, RunReport, SubmissionError,
-                                   build_submission, resolve_dataset, run_submission)
+from nnunet_uda.submission.build import build_submission
+from nnunet_uda.submission.challenge import SubmissionError
+from nnunet_uda.submission.model import DEFAULT_CHECKPOINT, DEFAULT_FOLDS, ModelSpec, resolve_dataset
+from nnunet_uda.submission.runner import RunReport, run_submission
 
 PROG = "nnUNetv2_uda_submission"
 RUN_PROG = "nnUNetv2_uda_submission_run"

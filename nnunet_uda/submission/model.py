@@ -1,0 +1,153 @@
+"""The trained nnU-Net model of a submission: :class:`ModelSpec` names it as nnU-Net's commands do; the checks
+that nnU-Net's export and predictor find what they read in its folder and that it reads the challenge's images; its
+inference domain and post-processing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from nnunet_uda.postprocessing import PostprocessingConfig, PostprocessingError, named_config
+from nnunet_uda.submission.challenge import CHANNEL_SUFFIX, FILE_ENDING, SubmissionError
+
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained nnU-Net model as nnU-Net's commands name it."""
+
+    dataset: str  # the dataset's folder name, e.g. Dataset500_FLARE
+    configuration: str
+    trainer: str
+    plans: str
+    folds: tuple[str, ...]
+    checkpoint: str
+
+    @property
+    def identifier(self) -> str:
+        """nnU-Net's name of the model folder, ``trainer__plans__configuration``."""
+        return f"{self.trainer}__{self.plans}__{self.configuration}"
+
+    def train_command(self, fold: str = "FOLD", *flags: str) -> str:
+        dataset_id = str(int(self.dataset[len("Dataset"):].split("_", 1)[0]))
+        return shlex.join(["nnUNetv2_train", dataset_id, self.configuration, fold, "-tr", self.trainer,
+                           "-p", self.plans, *flags])
+
+
+def resolve_dataset(dataset: str | int) -> str:
+    """nnU-Net's dataset folder name for an id or name (looked up in nnUNet_raw, _preprocessed and _results)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(str(dataset))
+    except (RuntimeError, ValueError) as error:
+        raise SubmissionError(f"dataset {dataset!r}: {error}") from None
+
+
+def model_folder(spec: ModelSpec) -> Path:
+    """The model's folder in ``nnUNet_results`` (``<dataset>/<trainer>__<plans>__<configuration>``)."""
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise SubmissionError("nnUNet_results is not set; export it as for nnUNetv2_train (the folder that holds "
+                              f"{spec.dataset}/{spec.identifier})")
+    return Path(results) / spec.dataset / spec.identifier
+
+
+def check_trained_model(spec: ModelSpec) -> Path:
+    """The model folder, after checking everything nnU-Net's export and predictor read from it."""
+    folder = model_folder(spec)
+    if not folder.is_dir():
+        raise SubmissionError(f"no trained model in {folder}; train it ({spec.train_command()}) or check -d, -c, -tr, "
+                              f"-p and nnUNet_results")
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        if not (folder / name).is_file():
+            raise SubmissionError(f"{folder / name} is missing; nnUNetv2_train writes it when training starts: "
+                                  f"train the model again ({spec.train_command()})")
+    trained = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if p.is_dir())
+    for fold in spec.folds:
+        _check_fold(spec, folder / f"fold_{fold}", fold, trained)
+    return folder
+
+
+def _check_fold(spec: ModelSpec, fold_folder: Path, fold: str, trained: Sequence[str]) -> None:
+    if not fold_folder.is_dir():
+        raise SubmissionError(f"fold {fold} of the model is not trained ({fold_folder} does not exist); trained folds: "
+                              f"{' '.join(trained) or 'none'}; pass -f with those, or train it "
+                              f"({spec.train_command(fold)})")
+    checkpoint = fold_folder / spec.checkpoint
+    if not checkpoint.is_file():
+        present = sorted(p.name for p in fold_folder.glob("checkpoint_*.pth"))
+        raise SubmissionError(f"{checkpoint} does not exist; finish the training ({spec.train_command(fold, '--c')}) "
+                              f"or choose another checkpoint with -chk (present: {', '.join(present) or 'none'})")
+    for name in ("progress.png", "validation/summary.json"):
+        if not (fold_folder / name).is_file():
+            raise SubmissionError(f"{fold_folder / name} is missing; nnU-Net's model export needs the fold's final "
+                                  f"validation: run it ({spec.train_command(fold, '--val')})")
+
+
+def check_challenge_format(dataset_json: Mapping, where: str) -> None:
+    """The challenge gives one image per case, ``<case>_0000.nii.gz``: the model must read exactly that."""
+    channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
+    if len(channels) != 1:
+        raise SubmissionError(f"{where}: the model reads {len(channels)} channels, but a challenge case is one image "
+                              f"(<case>{CHANNEL_SUFFIX}{FILE_ENDING}); train a single-channel model")
+    if dataset_json.get("file_ending") != FILE_ENDING:
+        raise SubmissionError(f"{where}: the model's file_ending is {dataset_json.get('file_ending')!r}, but the "
+                              f"challenge's images are {FILE_ENDING}; train on a {FILE_ENDING} dataset")
+
+
+def stored_inference_domains(folder: Path, spec: ModelSpec, domains: Sequence[str]) -> dict[str, str] | None:
+    """Each fold's inference domain stored with its weights (an index into the plans' ``domains``); ``None`` for
+    networks without conditional norms."""
+    import torch
+
+    stored: dict[str, str] = {}
+    for fold in spec.folds:
+        checkpoint = torch.load(folder / f"fold_{fold}" / spec.checkpoint, map_location="cpu", weights_only=False)
+        index = checkpoint["network_weights"].get("inference_domain")
+        if index is None:
+            return None
+        if not domains or not 0 <= int(index) < len(domains):
+            raise SubmissionError(f"{folder / 'plans.json'} does not list the domains of the conditional-norm network "
+                                  f"(plans[\"uda\"][\"domains\"]); plan with nnUNetv2_uda_plan_and_preprocess")
+        stored[fold] = domains[int(index)]
+    return stored
+
+
+def inference_domain(folder: Path, spec: ModelSpec, requested: str | None) -> str | None:
+    """The domain whose norms segment the challenge images: ``requested`` or the one stored with the weights.
+
+    ``None`` for nnU-Net's own networks, which have no domains (``requested`` is then an error).
+    """
+    domains = json.loads((folder / "plans.json").read_text()).get("uda", {}).get("domains")
+    stored = stored_inference_domains(folder, spec, domains)
+    if stored is None:
+        if requested is not None:
+            raise SubmissionError(f"-domain {requested}: the {spec.trainer} network has no conditional norms, so it "
+                                  f"has no inference domain; leave -domain out")
+        return None
+    if requested is not None:
+        if requested not in domains:
+            raise SubmissionError(f"-domain {requested} is not a domain of the model; its domains: "
+                                  f"{', '.join(domains)}")
+        return requested
+    if len(set(stored.values())) > 1:
+        found = ", ".join(f"fold {f}: {d}" for f, d in stored.items())
+        raise SubmissionError(f"the folds store different inference domains ({found}); choose one with -domain")
+    return next(iter(stored.values()))
+
+
+def postprocessing_config(spec: str | None, dataset_json: Mapping) -> PostprocessingConfig | None:
+    """The post-processing of ``-postprocess``: a preset name (``flare``), a configuration file, or none."""
+    if spec is None:
+        return None
+    try:
+        return named_config(spec, dataset_json)
+    except (FileNotFoundError, PostprocessingError) as error:
+        raise SubmissionError(f"-postprocess: {error}") from None
