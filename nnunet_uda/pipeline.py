@@ -95,14 +95,16 @@ def split_test_set_by_domain(raw_folder: Path, destination: Path) -> dict[str, P
 
 def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: str, output: Path, work: Path,
                       folds: Sequence[int | str] = (0,), plans: str = DEFAULT_PLANS,
-                      configuration: str = "3d_fullres") -> Path:
-    """``nnUNetv2_predict`` once per domain of the test set, each with its domain's normalisation,
-    by the ensemble of ``folds``. Predictions of all domains are gathered in ``output``.
+                      configuration: str = "3d_fullres", domains: Sequence[str] | None = None) -> Path:
+    """``nnUNetv2_predict`` once per domain of the test set (or of ``domains``), each with its domain's
+    normalisation, by the ensemble of ``folds``. Predictions of all domains are gathered in ``output / "all"``.
     """
     inputs = Path(work) / f"test_inputs_{dataset_id}"
     shutil.rmtree(inputs, ignore_errors=True)
     output = Path(output)
     for domain, folder in split_test_set_by_domain(raw_folder, inputs).items():
+        if domains is not None and domain not in domains:
+            continue
         run("predict", command("nnUNetv2_predict"), "-i", str(folder), "-o", str(output / domain),
             "-d", str(dataset_id), "-c", configuration, "-f", *map(str, folds), "-tr", trainer, "-p", plans,
             "-device", "cpu", "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain})
@@ -140,22 +142,36 @@ def prepare_phantom(run: Runner, dataset_id: int, phantom: PhantomSettings, fold
 
 
 def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str,
-                       folds: Sequence[int] = (0,)) -> dict:
-    """``nnUNetv2_train`` of each fold, prediction of every domain's test set by their ensemble and
-    evaluation, each through its command line; returns the evaluation summary. A finished training
-    (``checkpoint_final.pth``) is not repeated, an interrupted one resumes (``--c``), and an
-    evaluation newer than every fold's checkpoint is reused, so an interrupted benchmark resumes."""
-    tag = f"{dataset_id}_{trainer}" + ("" if list(folds) == [0] else "_folds" + "".join(map(str, folds)))
-    summary = Path(work) / f"evaluation_{tag}" / "summary.json"
+                       folds: Sequence[int] = (0,), domains: Sequence[str] | None = None) -> dict:
+    """``nnUNetv2_train`` of each fold, prediction of every domain's test set (or of ``domains``) by their
+    ensemble (into :func:`predictions_folder`) and evaluation, each through its command line; returns the
+    evaluation summary. A finished training (``checkpoint_final.pth``) is not repeated, an interrupted one
+    resumes (``--c``), and an evaluation newer than every fold's checkpoint is reused, so an interrupted
+    benchmark resumes."""
+    predictions = predictions_folder(work, dataset_id, trainer, folds)
+    summary = Path(work) / f"evaluation_{predictions.name[len('predictions_'):]}" / "summary.json"
     finals = [final_checkpoint(run, raw, trainer, f) for f in folds]
     if all(f.is_file() for f in finals) and summary.is_file() and \
             summary.stat().st_mtime > max(f.stat().st_mtime for f in finals):
         return json.loads(summary.read_text())
     train_folds(run, raw, dataset_id, trainer, folds)
-    predictions = predict_test_sets(run, raw, dataset_id, trainer, Path(work) / f"predictions_{tag}", work, folds)
-    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(raw / "labelsTs"),
-        "-pred", str(predictions), "-d", str(dataset_id), "-o", str(summary.parent))
+    merged = predict_test_sets(run, raw, dataset_id, trainer, predictions, work, folds, domains=domains)
+    reference = raw / "labelsTs"
+    if domains is not None:  # score the predicted domains only
+        reference = Path(work) / f"references_{predictions.name[len('predictions_'):]}"
+        shutil.rmtree(reference, ignore_errors=True)
+        reference.mkdir(parents=True)
+        for prediction in merged.glob("*.nii.gz"):
+            os.symlink((raw / "labelsTs" / prediction.name).resolve(), reference / prediction.name)
+    run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(reference),
+        "-pred", str(merged), "-d", str(dataset_id), "-o", str(summary.parent))
     return json.loads(summary.read_text())
+
+
+def predictions_folder(work: Path, dataset_id: int, trainer: str, folds: Sequence[int] = (0,)) -> Path:
+    """Where :func:`train_and_evaluate` puts a model's test predictions (one folder per domain, and ``all``)."""
+    return Path(work) / (f"predictions_{dataset_id}_{trainer}"
+                         + ("" if list(folds) == [0] else "_folds" + "".join(map(str, folds))))
 
 
 def final_checkpoint(run: Runner, raw: Path, trainer: str, fold: int) -> Path:

@@ -7,6 +7,7 @@ from typing import Callable, Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_uda.figures import show_labels
 from nnunet_uda.pseudolabels.rounds import CaseScore
 
 
@@ -56,10 +57,8 @@ def plot_examples(scores: Mapping[str, CaseScore], image_of: Callable[[str], Pat
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_of(score.case))))
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label_of(score.case))))
         z = image.shape[0] // 2
-        ax.imshow(image[z], cmap="gray")
-        ax.imshow(np.ma.masked_equal(labels[z], 0), cmap="tab10", vmin=0, vmax=9, alpha=0.45, interpolation="nearest")
-        ax.set_title(f"{score.case}\n{'selected' if score.selected else 'rejected'}, score {score.score:.2f}",
-                     fontsize=8)
+        show_labels(ax, image[z], labels[z],
+                    f"{score.case}\n{'selected' if score.selected else 'rejected'}, score {score.score:.2f}")
     for ax in axes:
         ax.set_axis_off()
     figure.savefig(path, dpi=110)
