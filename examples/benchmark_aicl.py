@@ -39,9 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_uda.evaluation.report import evaluate_folder
-from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom,
-                                 train_and_evaluate)
+from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, initial_label_quality, nnunet_environment,
+                                 prepare_phantom, train_and_evaluate)
 
 METHODS = {"pseudo-label only (CIN-seg), nnU-Net's SGD": "nnUNetTrainerUDA",
            "AICL w/o l_fpc, l_csc, nnU-Net's SGD": "nnUNetTrainerAICL_SGD_noFPC_noCSC",
@@ -68,12 +67,6 @@ def parse_args(argv=None):
                         help="the trainers to run (default: %(default)s)")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
-
-
-def initial_label_quality(raw: Path) -> dict:
-    """The training label files (manual and initial pseudo labels) against the truth, per domain."""
-    dataset_json = json.loads((raw / "dataset.json").read_text())
-    return evaluate_folder(raw / "labelsTr_reference", raw / "labelsTr", dataset_json)["mean"]
 
 
 def target_mean(means: dict, metric: str, organ: str = "average") -> float:

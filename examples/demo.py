@@ -15,7 +15,6 @@ installed, ``python examples/demo.py``. What a run on 2 CPU cores gives is on do
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -23,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_uda.evaluation.report import evaluate_folder
 from nnunet_uda.figures import show_labels
-from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnunet_environment, predictions_folder,
-                                 prepare_phantom, train_and_evaluate)
+from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, initial_label_quality, nnunet_environment,
+                                 predictions_folder, prepare_phantom, train_and_evaluate)
 
 FLOOR = "nnUNetTrainerSourceOnly"
 TARGETS = ("T1", "T2")
@@ -54,19 +52,13 @@ def main(argv=None) -> str:
     run.env["nnUNet_n_proc_DA"] = "0"  # training on 2 cores: augmenting in the training process is 25% faster
     means = {trainer: train_and_evaluate(run, work, raw, args.dataset, trainer, domains=TARGETS)["mean"]
              for trainer in (FLOOR, args.trainer)}
-    initial = initial_labels(raw)
+    initial = initial_label_quality(raw)
     plot_cases(raw, {trainer: predictions_folder(work, args.dataset, trainer) / "all" for trainer in means},
                work / "demo.png")
     text = summary(means, initial, args, run.timings, time.time() - start)
     (work / "summary.md").write_text(text)
     print("\n" + text + f"\nCommands and their output: {work / 'commands.log'}")
     return text
-
-
-def initial_labels(raw: Path) -> dict:
-    """The registration-like initial labels of the MRI training cases, scored against their truth."""
-    dataset_json = json.loads((raw / "dataset.json").read_text())
-    return evaluate_folder(raw / "labelsTr_reference", raw / "labelsTr", dataset_json, num_processes=1)["mean"]
 
 
 def summary(means: dict[str, dict], initial: dict, args, timings: dict[str, float], total: float) -> str:

@@ -20,6 +20,7 @@ from typing import Sequence
 from nnunet_uda.cli.trainer_path import trainer_path
 from nnunet_uda.data.raw import dataset_folder_name, load_dataset_json
 from nnunet_uda.domains import DomainTable
+from nnunet_uda.evaluation.report import evaluate_folder
 from nnunet_uda.planning import DEFAULT_PLANS
 
 
@@ -166,6 +167,12 @@ def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trai
     run("evaluate", command("nnUNetv2_uda_evaluate"), "-ref", str(reference),
         "-pred", str(merged), "-d", str(dataset_id), "-o", str(summary.parent))
     return json.loads(summary.read_text())
+
+
+def initial_label_quality(raw: Path) -> dict:
+    """The training label files (manual and initial pseudo labels) scored against the phantom's true labels
+    (``labelsTr_reference``): the evaluation's ``mean`` per domain."""
+    return evaluate_folder(raw / "labelsTr_reference", raw / "labelsTr", load_dataset_json(raw), num_processes=1)["mean"]
 
 
 def predictions_folder(work: Path, dataset_id: int, trainer: str, folds: Sequence[int] = (0,)) -> Path:
