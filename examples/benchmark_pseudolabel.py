@@ -53,13 +53,13 @@ def parse_args(argv=None):
 
 def peak(samples, start: float, end: float) -> float:
     """The largest sample (MB) between two times."""
-    return max((b / 2 ** 20 for t, b in samples if start <= t <= end), default=float("nan"))
+    return max((s.ram_bytes / 2 ** 20 for s in samples if start <= s.time <= end), default=float("nan"))
 
 
 def plot_memory(samples, phases: dict[str, tuple[float, float]], scored_at: list[float], path: Path) -> None:
-    t0 = samples[0][0]
+    t0 = samples[0].time
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([t - t0 for t, _ in samples], [b / 2 ** 20 for _, b in samples], lw=0.8, color="tab:blue")
+    ax.plot([s.time - t0 for s in samples], [s.ram_bytes / 2 ** 20 for s in samples], lw=0.8, color="tab:blue")
     ax.set(xlabel="time (s)", ylabel="memory of the process tree, PSS (MB)")
     for name, (start, end) in phases.items():
         ax.axvspan(start - t0, end - t0, alpha=0.08, color="tab:gray")

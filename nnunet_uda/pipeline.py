@@ -149,8 +149,9 @@ def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trai
     evaluation summary. A finished training (``checkpoint_final.pth``) is not repeated, an interrupted one
     resumes (``--c``), and an evaluation newer than every fold's checkpoint is reused, so an interrupted
     benchmark resumes."""
+    tag = run_tag(dataset_id, trainer, folds)
     predictions = predictions_folder(work, dataset_id, trainer, folds)
-    summary = Path(work) / f"evaluation_{predictions.name[len('predictions_'):]}" / "summary.json"
+    summary = Path(work) / f"evaluation_{tag}" / "summary.json"
     finals = [final_checkpoint(run, raw, trainer, f) for f in folds]
     if all(f.is_file() for f in finals) and summary.is_file() and \
             summary.stat().st_mtime > max(f.stat().st_mtime for f in finals):
@@ -159,7 +160,7 @@ def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trai
     merged = predict_test_sets(run, raw, dataset_id, trainer, predictions, work, folds, domains=domains)
     reference = raw / "labelsTs"
     if domains is not None:  # score the predicted domains only
-        reference = Path(work) / f"references_{predictions.name[len('predictions_'):]}"
+        reference = Path(work) / f"references_{tag}"
         shutil.rmtree(reference, ignore_errors=True)
         reference.mkdir(parents=True)
         for prediction in merged.glob("*.nii.gz"):
@@ -177,8 +178,12 @@ def initial_label_quality(raw: Path) -> dict:
 
 def predictions_folder(work: Path, dataset_id: int, trainer: str, folds: Sequence[int] = (0,)) -> Path:
     """Where :func:`train_and_evaluate` puts a model's test predictions (one folder per domain, and ``all``)."""
-    return Path(work) / (f"predictions_{dataset_id}_{trainer}"
-                         + ("" if list(folds) == [0] else "_folds" + "".join(map(str, folds))))
+    return Path(work) / f"predictions_{run_tag(dataset_id, trainer, folds)}"
+
+
+def run_tag(dataset_id: int, trainer: str, folds: Sequence[int]) -> str:
+    """The name of one model's predictions, references and evaluation folders."""
+    return f"{dataset_id}_{trainer}" + ("" if list(folds) == [0] else "_folds" + "".join(map(str, folds)))
 
 
 def final_checkpoint(run: Runner, raw: Path, trainer: str, fold: int) -> Path:

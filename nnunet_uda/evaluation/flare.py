@@ -41,9 +41,8 @@ COLUMNS = {"liver": "Liver", "right kidney": "RK", "spleen": "Spleen", "pancreas
            "inferior vena cava": "IVC", "right adrenal gland": "RAG", "left adrenal gland": "LAG",
            "gallbladder": "Gallbladder", "esophagus": "Esophagus", "stomach": "Stomach", "duodenum": "Duodenum",
            "left kidney": "LK"}  # the script's column names, in its order
-SHORT_NAMES = {"rk": "right kidney", "lk": "left kidney", "ivc": "inferior vena cava",
-               "rag": "right adrenal gland", "lag": "left adrenal gland"}
-NAMES = {organ.replace(" ", ""): organ for organ in ORGANS} | SHORT_NAMES  # name key -> FLARE organ
+# name key (lower case, no spaces) -> FLARE organ: the organ's own name or the script's column (RK, IVC, ...)
+NAMES = {key.lower().replace(" ", ""): organ for organ, column in COLUMNS.items() for key in (organ, column)}
 AXIAL_RANGE_ORGANS = ("aorta", "inferior vena cava", "esophagus")
 MIN_DICE_FOR_NSD = 0.2
 AXIAL_AXIS = 0  # of SimpleITK's (z, y, x) arrays

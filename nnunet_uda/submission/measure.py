@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 MB = 2 ** 20
 
@@ -100,13 +100,19 @@ def parse_compute_apps(text: str) -> dict[int, int]:
     return dict(used)
 
 
+class Sample(NamedTuple):
+    time: float  # seconds since the epoch (``time.time()``, comparable with file times)
+    ram_bytes: int
+    gpu_mb: int
+
+
 class TreeMonitor:
     """Samples the memory (and GPU memory) of a process tree every ``interval`` seconds, on a fixed schedule, in a
-    background thread while in a ``with``; ``samples`` holds (time, RAM bytes, GPU MB) of every sample."""
+    background thread while in a ``with``; ``samples`` holds every :class:`Sample`, ``end`` when the ``with`` ended."""
 
     def __init__(self, root: int, interval: float, gpu: bool = False):
         self.root, self.interval, self.gpu = root, interval, gpu
-        self.samples: list[tuple[float, int, int]] = []
+        self.samples: list[Sample] = []
         self.end = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -118,7 +124,7 @@ class TreeMonitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.end = time.perf_counter()
+        self.end = time.time()
 
     def _poll(self) -> None:
         due = time.perf_counter()
@@ -129,18 +135,19 @@ class TreeMonitor:
                 return
 
     def sample(self) -> None:
-        now = time.perf_counter()
+        now = time.time()
         tree = tree_pids(process_parents(), self.root)
         ram = sum(process_memory(pid) for pid in tree)
         gpu = sum(mb for pid, mb in gpu_memory_by_pid().items() if pid in tree) if self.gpu else 0
-        self.samples.append((now, ram, gpu))
+        self.samples.append(Sample(now, ram, gpu))
 
-    def peak(self, column: int) -> float:
-        return max((sample[column] for sample in self.samples), default=0)
+    def peak(self, field: str) -> float:
+        """The largest value of a :class:`Sample` field."""
+        return max((getattr(sample, field) for sample in self.samples), default=0)
 
-    def area(self, column: int) -> float:
-        """The area under a column's curve up to the end of the ``with``: :func:`area_under_curve`."""
-        return area_under_curve([s[0] for s in self.samples], [s[column] for s in self.samples], self.end)
+    def area(self, field: str) -> float:
+        """The area under a :class:`Sample` field's curve up to the end of the ``with``: :func:`area_under_curve`."""
+        return area_under_curve([s.time for s in self.samples], [getattr(s, field) for s in self.samples], self.end)
 
 
 def area_under_curve(times: Sequence[float], values: Sequence[float], end: float) -> float:
@@ -181,6 +188,6 @@ def run_measured(command: Sequence[str], cwd: Path, log: Path, interval: float =
         wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     largest_process = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-    return Measurement(process.returncode, wall, max(monitor.peak(1), largest_process) / MB,
-                       float(monitor.peak(2)) if gpu else None, monitor.area(1) / MB,
-                       monitor.area(2) if gpu else None)
+    return Measurement(process.returncode, wall, max(monitor.peak("ram_bytes"), largest_process) / MB,
+                       float(monitor.peak("gpu_mb")) if gpu else None, monitor.area("ram_bytes") / MB,
+                       monitor.area("gpu_mb") if gpu else None)
