@@ -42,6 +42,8 @@ setup(
             "nnUNetv2_uda_submission_run=nnunet_uda.cli.submission:run_main",
             "nnUNetv2_uda_cyclegan_train=nnunet_uda.cli.cyclegan:main",
             "nnUNetv2_uda_translate=nnunet_uda.cli.translate:main",
+            "nnUNetv2_uda_semisupervised=nnunet_uda.cli.semi_supervised:main",
+            "nnUNetv2_uda_add_unlabeled=nnunet_uda.cli.semi_supervised:add_unlabeled_main",
         ]
     },
 )

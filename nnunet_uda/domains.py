@@ -23,6 +23,8 @@ are copied to the preprocessed, results and prediction folders)::
 - ``domains``: every domain, its ``modality`` (it selects the intensity harmonisation,
   :mod:`nnunet_uda.intensity`) and the classes annotated in its ground-truth cases (label names or
   ``"all"``); a class missing there is drawn as background in that domain's label files (partial labels);
+  ``"harmonized": false`` marks a domain whose images are stored as acquired, not harmonised
+  (default true: the dataset convention);
 - ``target``: the domain(s) to adapt to; the first is the default inference domain;
 - ``cases``: every training case; ``labels`` is ``ground_truth``, ``pseudo`` (``round`` 0 for initial
   pseudo labels) or ``none`` (a label file of nnU-Net's ignore label); optional ``annotated_labels``,
@@ -52,6 +54,7 @@ class Domain:
     name: str
     modality: str
     annotated_labels: tuple[str, ...]
+    harmonized: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,11 @@ class DomainTable:
                         f"{where}: domain \"{name}\" lists \"{label}\" as annotated, but it is not a "
                         f"foreground label of dataset.json[\"labels\"] ({', '.join(labels)}); fix the "
                         f"name or add the label")
-            domains[name] = Domain(name, str(spec.get("modality", name)), annotated)
+            harmonized = spec.get("harmonized", True)
+            if not isinstance(harmonized, bool):
+                raise DomainTableError(f"{where}: domain \"{name}\" has \"harmonized\": {harmonized!r}; use true "
+                                       f"(images harmonised by modality, the default) or false (stored as acquired)")
+            domains[name] = Domain(name, str(spec.get("modality", name)), annotated, harmonized)
 
         target = table["target"]
         target = [target] if isinstance(target, str) else list(target)
@@ -146,11 +153,15 @@ class DomainTable:
                 out["translated_from"] = entry.translated_from
             return out
 
+        def domain_json(d: Domain) -> dict:
+            out = {"modality": d.modality,
+                   "annotated_labels": "all" if d.annotated_labels == all_labels else list(d.annotated_labels)}
+            if not d.harmonized:
+                out["harmonized"] = False
+            return out
+
         return {
-            "domains": {d.name: {"modality": d.modality,
-                                 "annotated_labels": "all" if d.annotated_labels == all_labels
-                                 else list(d.annotated_labels)}
-                        for d in self.domains.values()},
+            "domains": {d.name: domain_json(d) for d in self.domains.values()},
             "target": list(self.target),
             "cases": {k: case_json(v, False) for k, v in self.cases.items()},
             "test_cases": {k: case_json(v, True) for k, v in self.test_cases.items()},

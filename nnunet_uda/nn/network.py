@@ -1,4 +1,4 @@
-"""nnU-Net's U-Nets with a domain-conditioned encoder and feature access in one pass."""
+"""nnU-Net's U-Nets giving features in the same pass, optionally with a domain-conditioned encoder."""
 from __future__ import annotations
 
 import os
@@ -25,12 +25,52 @@ class NetworkOutput:
     decoder: list[torch.Tensor]
 
 
-class DomainConditionedUNet(nn.Module):
-    """An nnU-Net PlainConvUNet or ResidualEncoderUNet whose encoder norms are conditional (eq. 1).
+class FeatureUNet(nn.Module):
+    """nnU-Net's PlainConvUNet or ResidualEncoderUNet giving its encoder and decoder features with the logits.
 
-    Built from the network nnU-Net constructs from the plans; its encoder and decoder are taken
-    over as they are (parameter names stay nnU-Net's, e.g. ``encoder.stages.0...``), and every
-    instance norm of the encoder becomes a :class:`ConditionalInstanceNorm`. The decoder stays
+    The encoder and decoder of the network nnU-Net builds from the plans are taken over as they are, so the
+    parameter names (and ``network_weights``) are nnU-Net's own. ``forward(x)`` with one tensor, as nnU-Net's
+    predictor calls it, gives the logits; ``return_features=True`` gives a :class:`NetworkOutput` from the same
+    pass.
+    """
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+
+    def encode(self, x: torch.Tensor, domains: torch.Tensor | None) -> list[torch.Tensor]:
+        """Every encoder stage output of ``x`` (``domains`` is for subclasses that condition on it)."""
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor, domains: torch.Tensor | None = None, return_features: bool = False):
+        skips = self.encode(x, domains)
+        if not return_features:
+            return self.decoder(skips)
+        logits, decoder_features = decode_with_features(self.decoder, skips)
+        return NetworkOutput(logits, skips, decoder_features)
+
+
+def decode_with_features(decoder: nn.Module, skips: list[torch.Tensor]):
+    """The decoder's forward pass (as in dynamic_network_architectures' UNetDecoder), also returning every
+    decoder stage output, highest resolution first."""
+    x = skips[-1]
+    features, logits = [], []
+    for s, (up, stage) in enumerate(zip(decoder.transpconvs, decoder.stages)):
+        x = stage(torch.cat((up(x), skips[-(s + 2)]), 1))
+        features.append(x)
+        if decoder.deep_supervision:
+            logits.append(decoder.seg_layers[s](x))
+    if not decoder.deep_supervision:
+        logits = [decoder.seg_layers[-1](x)]
+    logits = logits[::-1]
+    return (logits if decoder.deep_supervision else logits[0]), features[::-1]
+
+
+class DomainConditionedUNet(FeatureUNet):
+    """A :class:`FeatureUNet` whose encoder norms are conditional on the domain (AICL eq. 1).
+
+    Every instance norm of the encoder becomes a :class:`ConditionalInstanceNorm`. The decoder stays
     shared across domains, as in the AICL paper.
 
     ``forward(x)`` with one tensor, as nnU-Net's predictor calls it, uses the inference domain: the
@@ -40,13 +80,11 @@ class DomainConditionedUNet(nn.Module):
     """
 
     def __init__(self, unet: nn.Module, domain_names: list[str], inference_domain: str):
-        super().__init__()
+        super().__init__(unet)
         if inference_domain not in domain_names:
             raise ValueError(f"inference domain {inference_domain!r} is not one of {domain_names}")
         self.domain_names = list(domain_names)
         self.context = DomainContext()
-        self.encoder = unet.encoder
-        self.decoder = unet.decoder
         replace_instance_norms(self.encoder, len(domain_names), self.context)
         self.register_buffer("inference_domain", torch.tensor(domain_names.index(inference_domain)))
 
@@ -59,32 +97,12 @@ class DomainConditionedUNet(nn.Module):
                              f"({', '.join(self.domain_names)})")
         return self.domain_names.index(name)
 
-    def forward(self, x: torch.Tensor, domains: torch.Tensor | None = None, return_features: bool = False):
-        """Segment ``x``; ``domains`` gives each sample's domain index (default: inference domain)."""
+    def encode(self, x: torch.Tensor, domains: torch.Tensor | None) -> list[torch.Tensor]:
+        """Encoder outputs, each sample normalised with its domain's parameters (default: the inference domain)."""
         if domains is None:
             domains = torch.full((x.shape[0],), self.resolve_inference_domain(), dtype=torch.long, device=x.device)
         self.context.domains = domains.to(device=x.device, dtype=torch.long)
         try:
-            skips = self.encoder(x)
+            return self.encoder(x)
         finally:
             self.context.domains = None
-        if not return_features:
-            return self.decoder(skips)
-        logits, decoder_features = self.decode_with_features(skips)
-        return NetworkOutput(logits, skips, decoder_features)
-
-    def decode_with_features(self, skips: list[torch.Tensor]):
-        """The decoder's forward pass (as in dynamic_network_architectures' UNetDecoder), also
-        returning every decoder stage output, highest resolution first."""
-        dec = self.decoder
-        x = skips[-1]
-        features, logits = [], []
-        for s, (up, stage) in enumerate(zip(dec.transpconvs, dec.stages)):
-            x = stage(torch.cat((up(x), skips[-(s + 2)]), 1))
-            features.append(x)
-            if dec.deep_supervision:
-                logits.append(dec.seg_layers[s](x))
-        if not dec.deep_supervision:
-            logits = [dec.seg_layers[-1](x)]
-        logits = logits[::-1]
-        return (logits if dec.deep_supervision else logits[0]), features[::-1]

@@ -9,7 +9,8 @@ What it adds to nnU-Net's trainer, and nothing more:
   (:class:`~nnunet_uda.data.loader.TwinBatchDataLoader`);
 - a domain-conditioned network (nnU-Net's U-Net with conditional instance norm in the encoder,
   :class:`~nnunet_uda.nn.network.DomainConditionedUNet`); each sample is normalised with its
-  own domain's parameters;
+  own domain's parameters; without conditional norms nnU-Net's network as it is
+  (:class:`~nnunet_uda.nn.network.FeatureUNet`); either gives features from its forward pass;
 - a supervised loss on annotated voxels and annotated classes only
   (:class:`~nnunet_uda.losses.partial_labels.PartialLabelLoss`);
 - per-epoch scalars of subclasses (``log_scalar``) in the training log, nnU-Net's logger and
@@ -50,7 +51,7 @@ from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, sp
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.losses.partial_labels import PartialLabelLoss
 from nnunet_uda.losses.structural_consistency import twin_pairs
-from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet
+from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet, FeatureUNet
 from nnunet_uda.planning import PLANS_KEY
 from nnunet_uda.training.brief import apply_brief_settings
 from nnunet_uda.training.progress import ExtendedLocalLogger
@@ -126,7 +127,7 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                          num_output_channels, enable_deep_supervision)
         if not cls.use_conditional_norm:
-            return unet
+            return FeatureUNet(unet)
         block = plans_manager.plans.get(PLANS_KEY)
         if block is None:
             raise RuntimeError(f"the plans of {plans_manager.dataset_name} carry no domain information "
@@ -140,13 +141,8 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         return net._orig_mod if isinstance(net, OptimizedModule) else net
 
     def forward(self, data: torch.Tensor, domains: torch.Tensor, return_features: bool = False):
-        """Segment a batch, each sample with its own domain (features on request)."""
-        if isinstance(self.bare_network, DomainConditionedUNet):
-            return self.network(data, domains, return_features=return_features)
-        if return_features:
-            raise ValueError(f"{self.__class__.__name__} builds nnU-Net's plain network, which gives no features; "
-                             f"set use_conditional_norm = True")
-        return self.network(data)
+        """Segment a batch, each sample with its own domain where the norms are conditional (features on request)."""
+        return self.network(data, domains, return_features=return_features)
 
     # ------------------------------------------------------------------ batches
     def _annotation_row(self, names) -> np.ndarray:
@@ -291,22 +287,28 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss = self.training_loss(data, target, batch["keys"])
-        self.optimizer_step(loss, self.optimizer, self.network.parameters())
+        self.optimizer_step(loss, self.optimizer, self.clipping_groups())
         self.counters.values["iterations"] += 1
         return {"loss": loss.detach().cpu().numpy()}
 
-    def optimizer_step(self, loss: torch.Tensor, optimizer, parameters, max_norm: float = 12) -> None:
-        """Backward, gradient clipping at ``max_norm`` (nnU-Net's 12) and step, with AMP on CUDA."""
-        parameters = list(parameters)
+    def clipping_groups(self) -> list[list[torch.nn.Parameter]]:
+        """The parameter sets whose gradient norms are clipped separately (one per network)."""
+        return [list(self.network.parameters())]
+
+    def optimizer_step(self, loss: torch.Tensor, optimizer, groups, max_norm: float = 12) -> None:
+        """Backward, gradient clipping of each of ``groups`` at ``max_norm`` (nnU-Net's 12) and step, with AMP
+        on CUDA."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        for parameters in groups:
             torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
             optimizer.step()
 
     def validation_step(self, batch: dict) -> dict:

@@ -1,0 +1,39 @@
+"""Entropy-based selection module (ESM) of DVCL (section 3.2, eqs. 4-6).
+
+    e_ij = -sum_c p_ij(c) log p_ij(c)                       (4)
+    reliable: e_ij < tau_e, unreliable: e_ij > tau_e          (5)
+    tau_e = mean(e) + alpha * std(e) over the batch's voxels  (6)
+
+The logarithm is natural and p log p is 0 at p = 0. Eq. 6's spread is the population standard
+deviation (division by B * D * H * W), called "variance" in the text. A voxel exactly at tau_e is
+neither reliable nor unreliable, as eq. 5's strict inequalities say; a batch of equal entropies
+(std 0) has tau_e equal to them, exactly (not up to the rounding of the mean), so no voxel is
+either. One call computes one network's threshold (tau_e^A or tau_e^B).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def voxel_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """(B, *spatial) entropy of eq. 4 of ``probs`` (B, C, *spatial), at least in float32, no gradient."""
+    with torch.no_grad():
+        p = probs.detach().to(torch.promote_types(probs.dtype, torch.float32))
+        return -torch.special.xlogy(p, p).sum(1)
+
+
+def entropy_split(probs: torch.Tensor, alpha: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ESM (eqs. 4-6) of one network's softmax ``probs`` (B, C, *spatial).
+
+    Returns the entropy (B, *spatial) and the reliable and unreliable masks (bool, B, *spatial), all
+    detached; the threshold pools every voxel of the batch.
+    """
+    with torch.no_grad():
+        entropy = voxel_entropy(probs)
+        if entropy.numel() == 0:
+            empty = torch.zeros_like(entropy, dtype=torch.bool)
+            return entropy, empty, empty.clone()
+        tau = entropy.mean() + alpha * entropy.std(correction=0)
+        low, high = entropy.min(), entropy.max()
+        tau = torch.where(low == high, high, tau)
+        return entropy, entropy < tau, entropy > tau

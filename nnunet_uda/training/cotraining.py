@@ -1,0 +1,166 @@
+"""nnUNetTrainerCPS: cross pseudo supervision in nnU-Net, the co-training base of DVCL and DACL.
+
+The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
+
+    L = L_sup + lambda_u(t) L_cps  [+ a method's own terms, ``method_losses``]
+
+- data: one domain, labeled cases and unlabeled ones (domain table ``"labels": "none"``); every batch holds
+  B_u unlabeled cases first and B_l labeled ones last, where nnU-Net forces foreground
+  (``unlabeled_share`` of the planned batch size, default half), through nnU-Net's loader and augmentation;
+- networks: two of the planned architecture (nnU-Net's own, the ResEnc presets), not sharing parameters,
+  initialised by separate draws. Network A is ``self.network``: what ``nnUNetv2_predict`` loads
+  (``network_weights``); network B, the projection heads and every method's banks and queues are kept in
+  the checkpoint (``uda_state``) and restored by ``--c``;
+- L_sup (eq. 1): (Dice + CE) / 2 of each network on the labeled cases under nnU-Net's deep supervision, the
+  two networks' terms summed;
+- L_cps (eq. 2): CE of each network against the other's detached argmax on the unlabeled cases, at full
+  resolution (:func:`~nnunet_uda.losses.cross_pseudo.cross_pseudo_supervision`);
+- lambda_u(t) = ``cps_weight`` x exp(-5 (1 - t / T)^2), t the iterations done, T the whole training (the
+  sigmoid ramp-up of UA-MT over the run, as the CPS baseline of DVCL's benchmark ramps it);
+- one optimiser: nnU-Net's SGD (momentum 0.99, poly learning rate) over both networks and the heads, each
+  network's gradient clipped at 12 on its own, as two nnU-Net trainings would be.
+
+With ``projection_dim`` set, each network gets a :class:`~nnunet_uda.nn.projection.ProjectionHead` on its
+decoder stage ``feature_stage`` (0: full resolution), fed from the same forward pass, applied to the voxels a
+method samples; subclasses receive both networks' :class:`CoTrainingOutputs` in :meth:`method_losses`. DDP: network B and the heads are wrapped
+like network A; every term keeps every parameter in the graph (a zero weight multiplies, it does not skip).
+Measurements and choices: docs/methods/dvcl.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_uda.data.loader import split_batch
+from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
+from nnunet_uda.nn.network import NetworkOutput
+from nnunet_uda.nn.projection import ProjectionHead
+from nnunet_uda.training.base import nnUNetTrainerUDA
+from nnunet_uda.training.schedules import sigmoid_rampup
+
+
+@dataclass
+class CoTrainingOutputs:
+    """One network's pass over a batch: deep-supervision logits (highest resolution first), the output of its
+    decoder stage ``feature_stage`` (what its projection head reads), the full-resolution softmax, and the
+    head itself (None without one)."""
+    logits: list[torch.Tensor]
+    decoder: torch.Tensor
+    probs: torch.Tensor
+    head: torch.nn.Module | None
+
+
+class nnUNetTrainerCPS(nnUNetTrainerUDA):
+    """Cross pseudo supervision: L_sup + lambda_u(t) L_cps (module docstring); the baseline of DVCL and DACL."""
+    use_conditional_norm = False
+    #: share of every batch drawn from unlabeled cases (B_u / B)
+    unlabeled_share = 0.5
+    #: lambda_u's maximum (DVCL eq. 3: 0.1)
+    cps_weight = 0.1
+    #: output size of the projection heads; None: no heads (CPS)
+    projection_dim: int | None = None
+    #: decoder stage the heads read (0: the highest resolution)
+    feature_stage = 0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.n_unlabeled = 0  # unlabeled samples at the start of every batch (batch_pools)
+
+    # ------------------------------------------------------------------ networks
+    def configure_optimizers(self):
+        """Network B and the heads are built here, between nnU-Net's network A and its optimiser, and join
+        nnU-Net's optimiser as a parameter group of their own (the poly schedule sets every group)."""
+        optimizer, scheduler = super().configure_optimizers()
+        self.network_b = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
+        self.register_state("network_b", self.network_b)
+        self.heads = []
+        if self.projection_dim is not None:
+            channels = self.configuration_manager.network_arch_init_kwargs["features_per_stage"][self.feature_stage]
+            self.heads = [ProjectionHead(channels, self.projection_dim).to(self.device) for _ in range(2)]
+            self.register_state("head_a", self.heads[0])
+            self.register_state("head_b", self.heads[1])
+        optimizer.add_param_group({"params": [p for m in self.partner_modules() for p in m.parameters()]})
+        return optimizer, scheduler
+
+    def partner_modules(self) -> list[torch.nn.Module]:
+        """Every trained module besides network A: network B and the heads."""
+        return [self.network_b, *self.heads]
+
+    def initialize(self):
+        super().initialize()
+        if self.is_ddp:
+            self.network_b = DDP(self.network_b, device_ids=self._ddp_devices())
+            self.heads = [DDP(h, device_ids=self._ddp_devices()) for h in self.heads]
+
+    def _ddp_devices(self):
+        return [self.local_rank] if self.device.type == "cuda" else None
+
+    def clipping_groups(self):
+        head_a, head_b = (list(h.parameters()) for h in self.heads) if self.heads else ([], [])
+        return [list(self.network.parameters()) + head_a, list(self.network_b.parameters()) + head_b]
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for module in self.partner_modules():
+            module.train()
+
+    def run_pair(self, data: torch.Tensor) -> tuple[CoTrainingOutputs, CoTrainingOutputs]:
+        """Both networks on the batch, features and projections from the same pass."""
+        return tuple(self._run(network, head, data) for network, head in
+                     zip((self.network, self.network_b), self.heads or (None, None)))
+
+    def _run(self, network, head, data) -> CoTrainingOutputs:
+        output: NetworkOutput = network(data, return_features=True)
+        logits = output.logits if isinstance(output.logits, list) else [output.logits]
+        return CoTrainingOutputs(logits, output.decoder[self.feature_stage], torch.softmax(logits[0].float(), 1), head)
+
+    # ------------------------------------------------------------------ batches
+    def batch_pools(self, training_cases):
+        """Unlabeled cases first, labeled ones last (where nnU-Net forces foreground)."""
+        table = self.domain_table
+        unlabeled = [c for c in training_cases if table.entry(c).labels == "none"]
+        labeled = [c for c in training_cases if table.entry(c).labels != "none"]
+        if not unlabeled or not labeled:
+            missing = "unlabeled (\"labels\": \"none\")" if not unlabeled else "labeled"
+            raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled training cases, but fold "
+                               f"{self.fold} has no {missing} ones; see docs/datasets.md#semi-supervised-datasets")
+        self.n_unlabeled, n_labeled = split_batch(self.batch_size, self.unlabeled_share)
+        if self.n_unlabeled == 0 or n_labeled == 0:
+            raise RuntimeError(f"batch size {self.batch_size} with unlabeled_share {self.unlabeled_share} leaves no "
+                               f"{'unlabeled' if self.n_unlabeled == 0 else 'labeled'} sample per batch; plan a "
+                               f"batch size of at least 2 (nnUNetv2_uda_plan_and_preprocess -bs)")
+        return [(unlabeled, self.n_unlabeled), (labeled, n_labeled)]
+
+    # ------------------------------------------------------------------ the loss (eq. 3)
+    @property
+    def progress(self) -> float:
+        """t / T: the share of the training's iterations done."""
+        return self.counters.values["iterations"] / (self.num_epochs * self.num_iterations_per_epoch)
+
+    def training_loss(self, data, target, keys):
+        a, b = self.run_pair(data)
+        u = self.n_unlabeled
+        labeled = [t[u:] for t in target]
+        annotated = self.batch_annotations(keys[u:])
+        losses = {"sup": 0.5 * (self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
+                                + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated)),
+                  "cps": cross_pseudo_supervision(a.logits[0][:u], b.logits[0][:u])}
+        weights = {"sup": 1.0, "cps": self.cps_weight * sigmoid_rampup(self.progress, 1.0)}
+        for name, (weight, value) in self.method_losses(a, b, labeled[0], u).items():
+            losses[name], weights[name] = value, weight
+        for name, value in losses.items():
+            self.log_scalar(f"l_{name}", value)
+        for name, value in weights.items():
+            self.log_scalar(f"lambda_{name}", value)
+        return sum(weights[name] * value for name, value in losses.items())
+
+    def method_losses(self, a: CoTrainingOutputs, b: CoTrainingOutputs, labels: torch.Tensor,
+                      n_unlabeled: int) -> dict[str, tuple[float, torch.Tensor]]:
+        """A method's own terms, name -> (weight, value), from both networks' outputs; ``labels`` (B_l, 1, *s)
+        the labeled cases' full-resolution label maps; samples ``[:n_unlabeled]`` are the unlabeled ones."""
+        return {}

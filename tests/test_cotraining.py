@@ -1,0 +1,163 @@
+"""The co-training base (nnUNetTrainerCPS) and nnUNetTrainerDVCL: eq. 2 against its transcription, the
+ramp, the projection head, and a real nnUNetv2_train / --c / nnUNetv2_predict run on a semi-supervised
+phantom with the trainer rebuilt in-process from its preprocessed data."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import train_tiny_phantom
+from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
+from nnunet_uda.nn.projection import ProjectionHead
+from nnunet_uda.planning import DEFAULT_PLANS
+from nnunet_uda.training.schedules import sigmoid_rampup
+
+DATASET = 954
+TRAINER = "nnUNetTrainerDVCL"
+
+
+def test_cross_pseudo_supervision_is_eq2():
+    torch.manual_seed(0)
+    a, b = (torch.randn(2, 4, 3, 5, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    total = 0.0
+    for x, y in ((a, b), (b, a)):  # CE(p_x, argmax p_y), averaged over samples and voxels
+        p = torch.softmax(x, 1)
+        terms = [-torch.log(p[i, int(y[i, :, z, h, w].argmax()), z, h, w])
+                 for i in range(2) for z in range(3) for h in range(5) for w in range(2)]
+        total = total + sum(terms) / len(terms)
+    loss = cross_pseudo_supervision(a, b)
+    assert torch.allclose(loss.double(), total)
+    # each network learns from the other's hard decision only: the gradient of a is that of CE(a, argmax b)
+    (grad_a,) = torch.autograd.grad(loss, a, retain_graph=True)
+    (expected,) = torch.autograd.grad(F.cross_entropy(a, b.argmax(1)), a)
+    assert torch.allclose(grad_a, expected)
+
+
+def test_sigmoid_rampup():
+    assert sigmoid_rampup(0, 1.0) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(0.5, 1.0) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(1.0, 1.0) == sigmoid_rampup(7.0, 1.0) == sigmoid_rampup(3.0, 0) == 1.0
+
+
+def test_projection_head_is_a_voxelwise_mlp():
+    head = ProjectionHead(6, 4)
+    maps = torch.randn(2, 6, 3, 4, 5)
+    vectors = maps.movedim(1, -1).reshape(-1, 6)
+    assert torch.allclose(head(maps).movedim(1, -1).reshape(-1, 4), head(vectors), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dvcl_run(tmp_path_factory):
+    """Half of 10 CT cases labeled; one epoch, a second through --c, prediction of the test case."""
+    return train_tiny_phantom(tmp_path_factory.mktemp("dvcl"), DATASET, TRAINER,
+                              ("--semi_supervised", "0.5", "--n_source", "10"), iterations=3)
+
+
+@pytest.fixture
+def build_trainer(monkeypatch, tmp_path):
+    """Builds a trainer as nnUNetv2_train does, on the CPU, from a run's preprocessed data (results in tmp_path)."""
+    def build(run, trainer_class):
+        monkeypatch.setenv("nnUNet_preprocessed", str(run["preprocessed"].parent))
+        monkeypatch.setenv("nnUNet_results", str(tmp_path))
+        return _build(run, trainer_class)
+    return build
+
+
+def _build(run, trainer_class):
+    preprocessed = run["preprocessed"]
+    plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def test_training_logs_every_term_and_resumes(dvcl_run):
+    checkpoint = torch.load(dvcl_run["results"] / "checkpoint_final.pth", weights_only=False)
+    assert checkpoint["current_epoch"] == 2 and checkpoint["uda_state"]["counters"]["iterations"] == 6
+    for name in ("l_sup", "l_cps", "l_hqcl", "l_dvcl", "lambda_cps"):
+        assert len(checkpoint["logging"][name]) == 2 and all(map(math.isfinite, checkpoint["logging"][name])), name
+    assert 0 < checkpoint["logging"]["lambda_cps"][0] < checkpoint["logging"]["lambda_cps"][1] < 0.1
+    first = dvcl_run["first"]
+    assert set(first["uda_state"]) == {"counters", "network_b", "head_a", "head_b", "hqcl_bank", "dvcl_queue"}
+    # network A is nnU-Net's own network (what nnUNetv2_predict loaded); B started from another draw
+    a, b = first["network_weights"], first["uda_state"]["network_b"]
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    assert first["uda_state"]["dvcl_queue"]["count"] > 0 and int(first["uda_state"]["hqcl_bank"]["count"].sum()) > 0
+    assert len(list(dvcl_run["predictions"].rglob("*.nii.gz"))) == 1
+
+
+def test_checkpoint_restores_network_b_heads_bank_and_queue_exactly(dvcl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDVCL
+
+    trainer = build_trainer(dvcl_run, nnUNetTrainerDVCL)
+    trainer.load_checkpoint(dvcl_run["first"])
+    saved = dvcl_run["first"]["uda_state"]
+    for name, module in (("network_b", trainer.network_b), ("head_a", trainer.heads[0]), ("head_b", trainer.heads[1])):
+        assert all(torch.equal(v, saved[name][k]) for k, v in module.state_dict().items()), name
+    for name, state in (("hqcl_bank", trainer.hqcl.state_dict()), ("dvcl_queue", trainer.dvcl.state_dict())):
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(saved[name][key])), (name, key)
+    assert trainer.counters.values["iterations"] == 3
+
+
+def changed(before: dict, module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("term", ["cps", "dvcl"])
+def test_one_unsupervised_term_trains_the_networks_and_nothing_else(dvcl_run, build_trainer, term):
+    """One optimiser step on L_cps (or L_dvcl) alone: both segmentation networks change; the projection heads
+    do not (L_cps does not use them, L_dvcl's features only choose neighbours)."""
+    from nnunet_uda.training import nnUNetTrainerDVCL
+
+    torch.manual_seed(0)
+    trainer = build_trainer(dvcl_run, nnUNetTrainerDVCL)
+    trainer.load_checkpoint(dvcl_run["first"])  # a filled queue, so L_dvcl has candidates
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    data, target = trainer._to_device(batch)
+    assert trainer.n_unlabeled == 1
+    assert trainer.domain_table.entry(batch["keys"][0]).labels == "none"
+    assert trainer.domain_table.entry(batch["keys"][1]).labels == "ground_truth"
+    modules = {"a": trainer.network, "b": trainer.network_b, "head_a": trainer.heads[0], "head_b": trainer.heads[1]}
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    a, b = trainer.run_pair(data)
+    if term == "cps":
+        loss = cross_pseudo_supervision(a.logits[0][:1], b.logits[0][:1])
+    else:
+        loss = trainer.method_losses(a, b, target[0][1:], 1)["dvcl"][1]
+        assert loss.requires_grad and torch.isfinite(loss)
+    trainer.optimizer_step(loss, trainer.optimizer, trainer.clipping_groups())
+    assert changed(before["a"], trainer.network) and changed(before["b"], trainer.network_b)
+    assert not changed(before["head_a"], trainer.heads[0]) and not changed(before["head_b"], trainer.heads[1])
+
+
+def test_hqcl_trains_the_heads(dvcl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDVCL
+
+    torch.manual_seed(1)
+    trainer = build_trainer(dvcl_run, nnUNetTrainerDVCL)
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    data, target = trainer._to_device(next(trainer.dataloader_train))
+    before = [{k: v.clone() for k, v in h.state_dict().items()} for h in trainer.heads]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    a, b = trainer.run_pair(data)
+    loss = trainer.method_losses(a, b, target[0][1:], 1)["hqcl"][1]
+    trainer.optimizer_step(loss, trainer.optimizer, trainer.clipping_groups())
+    assert all(changed(saved, head) for saved, head in zip(before, trainer.heads))
+
+
+def test_a_dataset_without_unlabeled_cases_is_refused(dvcl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerCPS
+
+    trainer = build_trainer(dvcl_run, nnUNetTrainerCPS)
+    labeled = trainer.domain_table.cases_with_labels("ground_truth")
+    with pytest.raises(RuntimeError, match="no unlabeled"):
+        trainer.batch_pools(labeled)
+    assert np.isclose(trainer.cps_weight, 0.1)
