@@ -47,6 +47,15 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return out.bool() if is_bool else out
 
 
+def check_shapes(owner: str, state: dict, expected: dict, settings: str) -> None:
+    """Refuse a saved state whose tensors do not have the ``expected`` shapes of a buffer built with ``settings``."""
+    for key, shape in expected.items():
+        if key not in state or tuple(state[key].shape) != tuple(shape):
+            found = tuple(state[key].shape) if key in state else "nothing"
+            raise ValueError(f"{owner} state: {key} should have shape {tuple(shape)} ({settings}), found {found}; "
+                             f"build it with the settings of the checkpoint")
+
+
 class ClassMemoryBank:
     """Class-wise FIFO ring buffers: ``features`` (C, size, dim) float32, ``count`` (C,) rows stored
     per class, ``head`` (C,) the slot written next (the oldest row once a class is full). Slots
@@ -111,13 +120,9 @@ class ClassMemoryBank:
         return {"features": self.features.clone(), "count": self.count.clone(), "head": self.head.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {"features": self.features.shape, "count": self.count.shape, "head": self.head.shape}
-        for key, shape in expected.items():
-            if key not in state or tuple(state[key].shape) != tuple(shape):
-                found = tuple(state[key].shape) if key in state else "nothing"
-                raise ValueError(f"ClassMemoryBank state: {key} should have shape {tuple(shape)} (num_classes, size, "
-                                 f"dim = {self.num_classes}, {self.size}, {self.dim}), found {found}; build the "
-                                 f"bank with the settings of the checkpoint")
+        check_shapes("ClassMemoryBank", state, {"features": self.features.shape, "count": self.count.shape,
+                                                "head": self.head.shape},
+                     f"num_classes, size, dim = {self.num_classes}, {self.size}, {self.dim}")
         self.features = state["features"].to(self.device, torch.float32).clone()
         self.count = state["count"].to(self.device, torch.long).clone()
         self.head = state["head"].to(self.device, torch.long).clone()
@@ -173,12 +178,8 @@ class FeatureQueue:
         return {"features": self.features.clone(), "probs": self.probs.clone(), "count": self.count, "head": self.head}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, shape in (("features", self.features.shape), ("probs", self.probs.shape)):
-            if key not in state or tuple(state[key].shape) != tuple(shape):
-                found = tuple(state[key].shape) if key in state else "nothing"
-                raise ValueError(f"FeatureQueue state: {key} should have shape {tuple(shape)} (size, dim, classes = "
-                                 f"{self.size}, {self.dim}, {self.classes}), found {found}; build the queue with the "
-                                 f"settings of the checkpoint")
+        check_shapes("FeatureQueue", state, {"features": self.features.shape, "probs": self.probs.shape},
+                     f"size, dim, classes = {self.size}, {self.dim}, {self.classes}")
         self.features = state["features"].to(self.device, torch.float32).clone()
         self.probs = state["probs"].to(self.device, torch.float32).clone()
         self.count, self.head = int(state["count"]), int(state["head"])

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, load_dataset_json, save_json
+from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, load_dataset_json, raw_root, save_json
 from nnunet_uda.domains import TABLE_KEY, DomainTable, DomainTableError
 from nnunet_uda.intensity import CT_WINDOW, harmonize
 
@@ -147,14 +147,13 @@ def _locate(dataset, root: Path) -> Path:
     return matches[0]
 
 
-def _root(raw_root: str | Path | None) -> Path:
-    if raw_root is not None:
-        return Path(raw_root)
-    root = os.environ.get("nnUNet_raw")
-    if not root:
-        raise SemiSupervisedDatasetError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (see "
-                                         "nnU-Net's documentation on setting up paths)")
-    return Path(root)
+def _root(folder: str | Path | None) -> Path:
+    if folder is not None:
+        return Path(folder)
+    try:
+        return raw_root()
+    except RuntimeError as error:
+        raise SemiSupervisedDatasetError(str(error)) from None
 
 
 def _file_ending(dataset_json: Mapping, where: str) -> str:
