@@ -13,10 +13,10 @@ from scipy.ndimage import binary_erosion
 from nnunet_uda.cli.phantom import main
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.synthetic import dataset
-from nnunet_uda.synthetic.anatomy import IGNORE_LABEL, LABELS, ORGANS
+from nnunet_uda.synthetic.anatomy import ANATOMY, IGNORE_LABEL, LABELS, ORGANS, scaled_anatomy
 from nnunet_uda.synthetic.case import synthesize_case
 from nnunet_uda.synthetic.dataset import generate_phantom_dataset
-from nnunet_uda.synthetic.options import PhantomOptionsError
+from nnunet_uda.synthetic.options import PhantomOptions, PhantomOptionsError
 
 SMALL = dict(shape=(24, 28, 28), n_source=3, n_target=2, n_test=2)
 ORGAN_VALUES = set(range(1, len(ORGANS) + 1))
@@ -57,6 +57,8 @@ def test_dataset_is_valid_for_the_domain_table_and_nnunet(base):
     assert base.name == "Dataset001_UDAPhantom"
     assert content["channel_names"] == {"0": "image"} and content["file_ending"] == ".nii.gz"
     assert content["labels"]["ignore"] == IGNORE_LABEL == max(LABELS.values())
+    assert content["labels"] == LABELS
+    assert content["phantom"]["organs"] == list(ORGANS) and content["phantom"]["organ_scale"] == 1.0
     assert content["numTraining"] == 3 + 2 * 2
     uda = table(base)
     assert uda.domain_names == ["CT", "T1", "T2"] and uda.target == ["T1", "T2"]
@@ -260,11 +262,14 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_cli_writes_the_dataset_and_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
     argv = ["-d", "7", "--name", "Tiny", "--shape", "24", "28", "28", "--n_source", "2", "--n_target", "1",
-            "--n_test", "1", "--seed", "3"]
+            "--n_test", "1", "--seed", "3", "--organs", "gallbladder", "liver", "--organ_scale", "1.2"]
     main(argv)
     folder = tmp_path / "Dataset007_Tiny"
     assert capsys.readouterr().out.strip().endswith(str(folder))
-    assert json.loads((folder / "dataset.json").read_text())["phantom"]["seed"] == 3
+    content = json.loads((folder / "dataset.json").read_text())
+    assert content["phantom"]["seed"] == 3 and content["labels"] == {"background": 0, "liver": 1, "gallbladder": 2,
+                                                                      "ignore": 3}
+    assert content["phantom"]["organs"] == ["liver", "gallbladder"] and content["phantom"]["organ_scale"] == 1.2
     with pytest.raises(SystemExit, match="already exists"):
         main(argv)
     main(argv + ["--overwrite"])
@@ -283,6 +288,11 @@ def test_cli_writes_the_dataset_and_refuses_to_overwrite(tmp_path, monkeypatch, 
     (["--name", "bad name"], "name must be"),
     (["--paired", "--n_source", "2", "--n_target", "3"], "must not exceed n_source"),
     (["--paired", "--semi_supervised", "0.5"], "cannot be combined with semi_supervised"),
+    (["--organs", "liver", "pancreas"], "unknown organ.*'pancreas'.*choose from: liver, spleen"),
+    (["--organs", "liver", "liver"], "more than once"),
+    (["--partial_labels", "--organs", "liver", "spleen"], "gallbladder and at least one other organ"),
+    (["--partial_labels", "--organs", "gallbladder"], "gallbladder and at least one other organ"),
+    (["--organ_scale", "2.5"], "organ_scale must be a number from 0.5 to 2.0"),
 ])
 def test_cli_rejects_invalid_options_without_writing(tmp_path, monkeypatch, argv, message):
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
@@ -306,4 +316,106 @@ def test_invalid_options_raise_before_writing(tmp_path):
 def test_cli_module_is_runnable():
     result = subprocess.run([sys.executable, "-m", "nnunet_uda.cli.phantom", "--help"], capture_output=True,
                             text=True, check=True)
-    assert "nnUNetv2_uda_phantom" in result.stdout and "--pseudo_labels" in result.stdout
+    assert all(word in result.stdout for word in ("nnUNetv2_uda_phantom", "--pseudo_labels", "--organs", "--organ_scale"))
+
+
+SUBSET = ("liver", "kidney_left", "kidney_right", "aorta")
+SUBSET_VALUES = {LABELS[o]: value for value, o in enumerate(SUBSET, start=1)}  # rendered -> dataset value
+
+
+def relabeled(label: np.ndarray) -> np.ndarray:
+    """``label`` (all six organs) as the dataset of the organs :data:`SUBSET` labels it."""
+    return np.vectorize(lambda v: SUBSET_VALUES.get(int(v), 0), otypes=[np.uint8])(label)
+
+
+def test_organ_subset_is_renumbered_and_the_others_stay_in_the_images(base, tmp_path):
+    folder = make(tmp_path, organs=["kidney_right", "liver", "aorta", "kidney_left"])  # kept in ORGANS order
+    content, uda = json.loads((folder / "dataset.json").read_text()), table(folder)
+    assert content["labels"] == {"background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3, "aorta": 4,
+                                 "ignore": 5}
+    assert content["phantom"]["organs"] == list(SUBSET)
+    assert uda.domains["CT"].annotated_labels == SUBSET and uda.domains["T1"].annotated_labels == ()
+    assert all(uda.annotated_labels(case) == SUBSET for case in uda.test_cases)
+    for sub in ("imagesTr", "imagesTs"):  # spleen and gallbladder tissue still painted: the same images
+        ours, theirs = arrays(folder, sub), arrays(base, sub)
+        assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[n], theirs[n]) for n in ours), sub
+    truths = {f"{sub}/{n}": label for sub in ("labelsTr_reference", "labelsTs")
+              for n, label in arrays(folder, sub).items()}
+    truths.update({f"labelsTr/{n}": label for n, label in arrays(folder, "labelsTr", "ph_CT_*").items()})
+    assert len(truths) == 4 + 6 + 3
+    for name, label in truths.items():
+        full = arrays(base, name.split("/")[0], name.split("/")[1])[name.split("/")[1]]
+        assert set(np.unique(label)) == {0, 1, 2, 3, 4}, name
+        assert np.array_equal(label, relabeled(full)), name  # spleen and gallbladder are background
+        assert np.any(full == LABELS["spleen"]) and not np.any(label[full == LABELS["spleen"]]), name
+    labels = arrays(folder, "labelsTr")
+    for i in range(2):
+        for domain in ("T1", "T2"):
+            assert np.all(labels[f"ph_{domain}_{i:03d}.nii.gz"] == 5)
+
+
+def test_organ_subset_pseudo_labels_and_partial_labels(tmp_path):
+    small = dict(shape=(20, 20, 20), n_source=1, n_target=2, n_test=1)
+    folder = make(tmp_path, 1, organs=SUBSET, pseudo_labels="reg", **small)
+    uda, labels, references = table(folder), arrays(folder, "labelsTr"), arrays(folder, "labelsTr_reference")
+    assert len(references) == 4
+    for name, reference in references.items():
+        assert uda.cases[name[:-7]].labels == "pseudo" and uda.pseudo_labeled(name[:-7]) == SUBSET
+        assert set(np.unique(labels[name])) <= {0, 1, 2, 3, 4} and set(np.unique(reference)) == {0, 1, 2, 3, 4}
+        assert not np.array_equal(labels[name], reference)
+    folder = make(tmp_path, 2, organs=("gallbladder", "liver"), partial_labels=True, pseudo_labels="reg", **small)
+    content, uda, labels = json.loads((folder / "dataset.json").read_text()), table(folder), arrays(folder, "labelsTr")
+    assert content["labels"] == {"background": 0, "liver": 1, "gallbladder": 2, "ignore": 3}
+    assert uda.domains["CT"].annotated_labels == ("liver",) and uda.domains["T1"].annotated_labels == ("gallbladder",)
+    assert uda.pseudo_labeled("ph_CT_000") == ("gallbladder",) and uda.pseudo_labeled("ph_T1_000") == ("liver",)
+    assert all(set(np.unique(label)) <= {0, 1, 2} for label in labels.values())
+    assert set(np.unique(labels["ph_CT_000.nii.gz"])) == {0, 1, 2}
+
+
+def test_organ_scale_enlarges_every_organ_and_nothing_else(base, tmp_path):
+    assert scaled_anatomy(1.0) is ANATOMY
+    bigger = scaled_anatomy(1.3)
+    assert bigger[0] == ANATOMY[0] and bigger[0].name == "spine"
+    for grown, organ in zip(bigger[1:], ANATOMY[1:]):
+        ellipsoids = [*zip(grown.parts, organ.parts), *zip(grown.cuts, organ.cuts)]
+        ellipsoids += [(grown.core, organ.core)] if organ.core else []
+        for new, old in ellipsoids:
+            assert new.center == old.center and np.allclose(new.radii, np.multiply(old.radii, 1.3)), organ.name
+    folder = make(tmp_path, organ_scale=1.3)
+    assert json.loads((folder / "dataset.json").read_text())["phantom"]["organ_scale"] == 1.3
+    volumes = {}
+    for sub, pattern in (("labelsTr", "ph_CT_*"), ("labelsTr_reference", "*"), ("labelsTs", "*")):
+        scaled, plain = arrays(folder, sub, pattern), arrays(base, sub, pattern)
+        for name in plain:
+            for organ in ORGANS:
+                counts = volumes.setdefault(organ, [0, 0])
+                counts[0] += np.sum(plain[name] == LABELS[organ])
+                counts[1] += np.sum(scaled[name] == LABELS[organ])
+    growth = {organ: new / old for organ, (old, new) in volumes.items()}
+    # the ellipsoids' volume grows by 1.3^3; the aorta, a tube through the field of view, by 1.3^2; the
+    # liver and the spleen less (clipped by the body wall, the liver partly covered by organs painted later)
+    assert all(ratio > 1.3 for ratio in growth.values()), growth
+    assert all(abs(growth[o] / 1.3 ** 3 - 1) < 0.15 for o in ("kidney_left", "kidney_right", "gallbladder")), growth
+    assert abs(growth["aorta"] / 1.3 ** 2 - 1) < 0.1, growth
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(organs=()), "at least one organ of: liver, spleen, kidney_left, kidney_right, aorta, gallbladder"),
+    (dict(organs=("liver", "pancreas")), "unknown organ.*choose from: liver, spleen"),
+    (dict(organs=("aorta", "liver", "aorta")), "aorta more than once"),
+    (dict(organs=None), "organs must be a list of organ names"),
+    (dict(partial_labels=True, organs=("liver", "aorta")), "gallbladder and at least one other organ"),
+    (dict(organ_scale=0.4), "organ_scale must be a number from 0.5 to 2.0"),
+    (dict(organ_scale="big"), "organ_scale must be"),
+])
+def test_invalid_organ_options(options, message):
+    with pytest.raises(PhantomOptionsError, match=message):
+        PhantomOptions(1, **options)
+
+
+def test_organ_options_are_normalised():
+    options = PhantomOptions(1, organs="spleen", organ_scale=2)
+    assert options.organs == ("spleen",) and options.organ_scale == 2.0
+    assert options.labels == {"background": 0, "spleen": 1, "ignore": 2} and options.ignore_label == 2
+    assert list(options.label_lookup) == [0, 0, 1, 0, 0, 0, 0, 2]
+    assert PhantomOptions(1).labels == LABELS and PhantomOptions(1).structures is ANATOMY

@@ -5,6 +5,7 @@ import argparse
 
 from nnunet_uda.data.raw import raw_root
 from nnunet_uda.synthetic.acquisition import DEFAULT_SHAPE
+from nnunet_uda.synthetic.anatomy import ORGAN_SCALE_LIMITS, ORGANS
 from nnunet_uda.synthetic.dataset import generate_phantom_dataset
 from nnunet_uda.synthetic.options import PhantomOptionsError
 from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paired", action="store_true",
                         help="paired modalities: target training case i shows the anatomy of CT training case i "
                              "(one subject per index, named in the domain table), as AICL's registered pairs")
+    parser.add_argument("--organs", nargs="+", metavar="NAME", default=list(ORGANS),
+                        help=f"the labeled organs, numbered 1..n in the order {', '.join(ORGANS)} (default: "
+                             f"all); the others stay in the images but are background in every label file")
+    parser.add_argument("--organ_scale", type=float, metavar="FACTOR", default=1.0,
+                        help="multiply every organ's size by FACTOR ({}-{}; the body and spine unchanged), e.g. for "
+                             "a short CPU demo (default: %(default)s)".format(*ORGAN_SCALE_LIMITS))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of this id and name")
     return parser
 
@@ -49,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
             args.dataset_id, name=args.name, shape=tuple(args.shape), n_source=args.n_source,
             n_target=args.n_target, n_test=args.n_test, seed=args.seed, partial_labels=args.partial_labels,
             pseudo_labels=args.pseudo_labels, semi_supervised=args.semi_supervised,
-            fully_labeled=args.fully_labeled, paired=args.paired, overwrite=args.overwrite, output_root=_output_root(),
-            progress=True)
+            fully_labeled=args.fully_labeled, paired=args.paired, organs=args.organs, organ_scale=args.organ_scale,
+            overwrite=args.overwrite, output_root=_output_root(), progress=True)
     except (PhantomOptionsError, FileExistsError) as error:
         raise SystemExit(f"nnUNetv2_uda_phantom: {error}") from None
     print(path)

@@ -14,12 +14,14 @@ thickness, and a smooth random elastic deformation of the whole label map (a smo
 displacement field). Rather than resampling a voxelised label map, every structure is evaluated
 analytically at the displaced position of each voxel centre (the continuous equivalent of an
 order-0 warp), so labels stay exact on every domain's grid and never lose small organs to
-nearest-neighbour aliasing.
+nearest-neighbour aliasing. :func:`scaled_anatomy` gives the structures with larger or smaller
+organs (the generator's ``organ_scale``); the labels rendered are always those of :data:`LABELS`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -128,6 +130,24 @@ ANATOMY = ANATOMY[:1] + tuple(_magnify(organ) for organ in ANATOMY[1:])
 """The structures in paint order (later ones win); z-long ellipsoids act as tubes (spine, aorta).
 The organs (all but the spine) are magnified by :data:`ORGAN_MAGNIFICATION`."""
 
+ORGAN_SCALE_LIMITS = (0.5, 2.0)
+"""Smallest and largest factor of :func:`scaled_anatomy`."""
+
+
+@lru_cache(maxsize=None)
+def scaled_anatomy(scale: float) -> tuple[Structure, ...]:
+    """:data:`ANATOMY` with the radii of every organ's ellipsoids (parts, cuts and core) multiplied by
+    ``scale`` about their own centres, on top of :data:`ORGAN_MAGNIFICATION`; the spine (and the body,
+    not a structure) unchanged. ``scale`` 1 gives :data:`ANATOMY` itself."""
+    if scale == 1.0:
+        return ANATOMY
+
+    def grow(e: Ellipsoid | None) -> Ellipsoid | None:
+        return None if e is None else replace(e, radii=tuple(r * scale for r in e.radii))
+
+    return tuple(replace(s, parts=tuple(map(grow, s.parts)), cuts=tuple(map(grow, s.cuts)), core=grow(s.core))
+                 if s.name in ORGANS else s for s in ANATOMY)
+
 BODY_RADII = (0.72, 0.90)
 """Body cross-section semi-axes (y, x), normalised: the body fills most of the field of view."""
 
@@ -187,12 +207,13 @@ class CaseAnatomy:
     warp: np.ndarray
 
 
-def sample_anatomy(rng: np.random.Generator) -> CaseAnatomy:
-    """Draw one case's anatomical variation."""
+def sample_anatomy(rng: np.random.Generator, structures: Sequence[Structure] = ANATOMY) -> CaseAnatomy:
+    """Draw one case's anatomical variation, a pose for each of ``structures`` (the random draws do
+    not depend on the structures' sizes, so :func:`scaled_anatomy` keeps every pose)."""
     body_scale = rng.uniform(*BODY_SCALE_RANGE, size=2)
     fat = FAT_THICKNESS * rng.uniform(0.8, 1.2)
     phases = rng.uniform(0.0, 2 * math.pi, size=2)
-    poses = tuple(sample_pose(s, body_scale, rng) for s in ANATOMY)
+    poses = tuple(sample_pose(s, body_scale, rng) for s in structures)
     warp = smooth_field(rng, (WARP_LATTICE,) * 3, WARP_SMOOTHING, WARP_STD)
     return CaseAnatomy(poses, body_scale, fat, phases, warp)
 
@@ -229,9 +250,11 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], sigma: float | 
     return field * np.float32(std / field.std())
 
 
-def render(anatomy: CaseAnatomy, axes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Label and tissue maps (uint8) of the elastically deformed case on the grid of ``axes``:
-    every structure is evaluated at the displaced position of each voxel centre."""
+def render(anatomy: CaseAnatomy, axes: Sequence[np.ndarray],
+           structures: Sequence[Structure] = ANATOMY) -> tuple[np.ndarray, np.ndarray]:
+    """Label (:data:`LABELS`) and tissue maps (uint8) of the elastically deformed case on the grid of
+    ``axes``: every one of ``structures`` (those ``anatomy`` was drawn for) is evaluated at the
+    displaced position of each voxel centre."""
     shape = tuple(len(a) for a in axes)
     q = (np.stack(np.meshgrid(*axes, indexing="ij")) + displacement(anatomy.warp, axes)).reshape(3, -1)
     label = np.zeros(q.shape[1], np.uint8)
@@ -239,7 +262,7 @@ def render(anatomy: CaseAnatomy, axes: Sequence[np.ndarray]) -> tuple[np.ndarray
     body, inner = body_masks(anatomy, q)
     tissue[body] = TISSUE["fat"]
     tissue[inner] = TISSUE["soft_tissue"]
-    for structure, pose in zip(ANATOMY, anatomy.poses):
+    for structure, pose in zip(structures, anatomy.poses, strict=True):
         design = pose.to_design(q)
         mask = inner & _union(structure.parts, design) & ~_union(structure.cuts, design)
         label[mask] = structure.label

@@ -12,15 +12,15 @@ import numpy as np
 
 from nnunet_uda.synthetic.acquisition import (BASE_SPACING_MM, DEFAULT_SHAPE, DOMAIN_MODALITIES, acquire,
                                               acquisition_grid)
-from nnunet_uda.synthetic.anatomy import render, sample_anatomy
+from nnunet_uda.synthetic.anatomy import ANATOMY, Structure, render, sample_anatomy
 
 SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """A generated case: harmonised float32 image and uint8 true labels (z, y, x), spacing and
-    origin in mm (z, y, x)."""
+    """A generated case: harmonised float32 image and uint8 true labels (z, y, x; values of
+    :data:`~nnunet_uda.synthetic.anatomy.LABELS`), spacing and origin in mm (z, y, x)."""
     image: np.ndarray
     label: np.ndarray
     spacing: tuple[float, float, float]
@@ -35,15 +35,17 @@ def case_rng(seed: int, domain: str, index: int, split: str, stream: int = 0) ->
 
 
 def synthesize_case(seed: int, domain: str, index: int, split: str,
-                    shape: Sequence[int] = DEFAULT_SHAPE, anatomy_of: str | None = None) -> PhantomCase:
+                    shape: Sequence[int] = DEFAULT_SHAPE, anatomy_of: str | None = None,
+                    structures: Sequence[Structure] = ANATOMY) -> PhantomCase:
     """Generate one case of ``domain`` on its acquisition grid for the CT ``shape``. ``anatomy_of``:
     the domain whose case of the same index and split lends its anatomy (one subject scanned in two
-    modalities, the body in the same place); the acquisition stays this case's own."""
+    modalities, the body in the same place); the acquisition stays this case's own. ``structures``:
+    the painted anatomy (e.g. :func:`~nnunet_uda.synthetic.anatomy.scaled_anatomy`)."""
     rng = case_rng(seed, domain, index, split)
-    anatomy = sample_anatomy(rng if anatomy_of is None else case_rng(seed, anatomy_of, index, split))
+    anatomy = sample_anatomy(rng if anatomy_of is None else case_rng(seed, anatomy_of, index, split), structures)
     grid = acquisition_grid(domain, shape)
     axes = normalized_axes(grid.render_shape, grid.render_spacing, shape)
-    label, tissue = render(anatomy, axes)
+    label, tissue = render(anatomy, axes, structures)
     image = acquire(tissue, axes, grid, domain, rng)
     centre = grid.sub_samples // 2
     return PhantomCase(image, label[centre::grid.sub_samples], grid.spacing, grid.origin)

@@ -6,6 +6,13 @@ Besides the plain UDA benchmark (labelled CT, ignore-only target label files), t
 writes AICL-style partial labels (CT without gallbladder, T1 with the gallbladder only),
 registration-like initial pseudo labels (``reg``, ``sreg``), a semi-supervised single-domain
 variant and the fully labelled twin (same images, true target labels) for the supervised ceiling.
+
+Organs
+------
+``organs`` labels a subset of the six organs, renumbered 1..n in :data:`~.anatomy.ORGANS` order
+(ignore n + 1; :attr:`PhantomOptions.labels`); the others are still painted (their tissue stays in
+the images) but are background in every label file. ``organ_scale`` enlarges or shrinks every organ
+(:func:`~.anatomy.scaled_anatomy`), e.g. for a short CPU demo.
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ import numpy as np
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.synthetic.acquisition import (DEFAULT_SHAPE, DOMAIN_MODALITIES, SOURCE_DOMAIN, TARGET_DOMAINS,
                                               acquisition_grid)
-from nnunet_uda.synthetic.anatomy import LABELS, ORGANS
+from nnunet_uda.synthetic.anatomy import (LABELS, ORGAN_SCALE_LIMITS, ORGANS, Structure,
+                                          scaled_anatomy)
 from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS
 
 PARTIAL_ANNOTATIONS: dict[str, tuple[str, ...]] = {
@@ -26,7 +34,8 @@ PARTIAL_ANNOTATIONS: dict[str, tuple[str, ...]] = {
     "T1": ("gallbladder",),
     "T2": (),
 }
-"""``partial_labels``: classes annotated per domain (as in AICL; T2 stays unlabeled)."""
+"""``partial_labels``: classes annotated per domain (as in AICL; T2 stays unlabeled), of those
+among the options' ``organs``."""
 
 SHAPE_LIMITS = (20, 256)
 """Smallest and largest allowed grid size per axis (below 20 the small organs may vanish)."""
@@ -53,11 +62,20 @@ class PhantomOptions:
     semi_supervised: float | None = None
     fully_labeled: bool = False
     paired: bool = False
+    organs: tuple[str, ...] = ORGANS
+    organ_scale: float = 1.0
 
     def __post_init__(self):
+        organs = (self.organs,) if isinstance(self.organs, str) else self.organs
+        try:
+            object.__setattr__(self, "organs", tuple(organs))
+        except TypeError:
+            pass
         problem = next(iter(self._problems()), None)
         if problem is not None:
             raise PhantomOptionsError(problem)
+        object.__setattr__(self, "organs", tuple(o for o in ORGANS if o in self.organs))
+        object.__setattr__(self, "organ_scale", float(self.organ_scale))
 
     def _problems(self) -> Iterable[str]:
         """Yield a message for each invalid option (the first one is raised)."""
@@ -75,6 +93,7 @@ class PhantomOptions:
         if self.pseudo_labels not in (None, *PSEUDO_LABEL_PERTURBATIONS):
             yield (f"pseudo_labels must be one of {', '.join(PSEUDO_LABEL_PERTURBATIONS)}, "
                    f"got {self.pseudo_labels!r}")
+        yield from self._organ_problems()
         if self.fully_labeled and (self.partial_labels or self.pseudo_labels):
             yield "fully_labeled cannot be combined with partial_labels or pseudo_labels"
         if self.semi_supervised is not None:
@@ -84,6 +103,28 @@ class PhantomOptions:
         elif self.paired and _is_int(self.n_target) and _is_int(self.n_source) and self.n_target > self.n_source:
             yield (f"paired gives every target training case the anatomy of the CT case of its index: n_target "
                    f"{self.n_target} must not exceed n_source {self.n_source}")
+
+    def _organ_problems(self) -> Iterable[str]:
+        organs, allowed = self.organs, ", ".join(ORGANS)
+        if not isinstance(organs, tuple) or not all(isinstance(o, str) for o in organs):
+            yield f"organs must be a list of organ names from: {allowed}; got {organs!r}"
+            return
+        unknown = [o for o in organs if o not in ORGANS]
+        duplicates = sorted({o for o in organs if organs.count(o) > 1})
+        if not organs:
+            yield f"organs must name at least one organ of: {allowed}"
+        elif unknown:
+            yield f"unknown organ(s) {', '.join(map(repr, unknown))} in organs; choose from: {allowed}"
+        elif duplicates:
+            yield f"organs names {', '.join(duplicates)} more than once; name each organ once"
+        elif self.partial_labels and ("gallbladder" not in organs or len(organs) < 2):
+            yield (f"partial_labels annotates only the gallbladder in T1 and all other organs in CT, so organs must "
+                   f"include the gallbladder and at least one other organ; got {', '.join(organs)}")
+        low, high = ORGAN_SCALE_LIMITS
+        scale = self.organ_scale
+        if not isinstance(scale, (int, float, np.integer, np.floating)) or isinstance(scale, bool) \
+                or not low <= scale <= high:
+            yield f"organ_scale must be a number from {low} to {high}, got {scale!r}"
 
     def _semi_supervised_problems(self) -> Iterable[str]:
         fraction = self.semi_supervised
@@ -114,12 +155,36 @@ class PhantomOptions:
         """The subject of a training case of a paired dataset: case i of every domain shows subject i."""
         return f"subject_{plan.index:03d}" if self.paired and plan.split == "train" else None
 
+    @property
+    def labels(self) -> dict[str, int]:
+        """The dataset's label map: background 0, the ``organs`` 1..n in order, ignore n + 1."""
+        return {"background": 0, **{o: i for i, o in enumerate(self.organs, start=1)},
+                "ignore": len(self.organs) + 1}
+
+    @property
+    def ignore_label(self) -> int:
+        return len(self.organs) + 1
+
+    @property
+    def label_lookup(self) -> np.ndarray:
+        """uint8 table from the rendered labels (:data:`~.anatomy.LABELS`) to the dataset's:
+        organs left out become background."""
+        lookup = np.zeros(max(LABELS.values()) + 1, np.uint8)
+        for organ, value in self.labels.items():
+            lookup[LABELS[organ]] = value
+        return lookup
+
+    @property
+    def structures(self) -> tuple[Structure, ...]:
+        """The painted anatomy, organs scaled by ``organ_scale``."""
+        return scaled_anatomy(self.organ_scale)
+
     def annotated(self, domain: str) -> tuple[str, ...]:
         """Classes annotated in ``domain``'s ground-truth training label files."""
         if self.partial_labels:
-            return PARTIAL_ANNOTATIONS[domain]
+            return tuple(o for o in PARTIAL_ANNOTATIONS[domain] if o in self.organs)
         if self.fully_labeled or domain == SOURCE_DOMAIN:
-            return ORGANS
+            return self.organs
         return ()
 
 
@@ -149,7 +214,7 @@ def plan_cases(options: PhantomOptions) -> list[CasePlan]:
         for i in range(n):
             within_labeled = domain != SOURCE_DOMAIN or i < options.n_labeled
             labeled = options.fully_labeled or (bool(options.annotated(domain)) and within_labeled)
-            filled = tuple(o for o in ORGANS if o not in options.annotated(domain)) \
+            filled = tuple(o for o in options.organs if o not in options.annotated(domain)) \
                 if labeled and options.pseudo_labels else ()
             plans.append(CasePlan(f"ph_{domain}_{i:03d}", domain, i, "train",
                                   "ground_truth" if labeled else unlabeled, filled))
@@ -163,7 +228,7 @@ def domain_table(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
     say so with their own ``annotated_labels``."""
     def annotated_json(domain):
         names = options.annotated(domain)
-        return "all" if names == ORGANS else list(names)
+        return "all" if names == options.organs else list(names)
 
     cases, test_cases = {}, {}
     for plan in plans:
@@ -178,8 +243,8 @@ def domain_table(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
             cases[plan.case_id] = entry
         else:
             entry = {"domain": plan.domain}
-            if options.annotated(plan.domain) != ORGANS:
-                entry["annotated_labels"] = list(ORGANS)
+            if options.annotated(plan.domain) != options.organs:
+                entry["annotated_labels"] = list(options.organs)
             test_cases[plan.case_id] = entry
     return {"domains": {d: {"modality": DOMAIN_MODALITIES[d], "annotated_labels": annotated_json(d)}
                         for d in options.domains},
@@ -192,7 +257,7 @@ def dataset_json(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
         "name": options.name,
         "description": "nnunet_uda synthetic cross-modality abdominal phantom (nnunet_uda.synthetic)",
         "channel_names": {"0": "image"},
-        "labels": dict(LABELS),
+        "labels": options.labels,
         "numTraining": sum(p.split == "train" for p in plans),
         "file_ending": FILE_ENDING,
         "uda": domain_table(options, plans),
@@ -200,7 +265,8 @@ def dataset_json(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
                     "spacing": {d: list(acquisition_grid(d, options.shape).spacing) for d in options.domains},
                     "partial_labels": options.partial_labels, "pseudo_labels": options.pseudo_labels,
                     "semi_supervised": options.semi_supervised, "fully_labeled": options.fully_labeled,
-                    "paired": options.paired},
+                    "paired": options.paired, "organs": list(options.organs),
+                    "organ_scale": options.organ_scale},
     }
     DomainTable.from_dataset_json(content)
     return content
