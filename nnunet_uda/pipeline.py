@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -97,25 +98,36 @@ def split_test_set_by_domain(raw_folder: Path, destination: Path) -> dict[str, P
 def predict_test_sets(run: Runner, raw_folder: Path, dataset_id: int, trainer: str, output: Path, work: Path,
                       folds: Sequence[int | str] = (0,), plans: str = DEFAULT_PLANS,
                       configuration: str = "3d_fullres", domains: Sequence[str] | None = None) -> Path:
-    """``nnUNetv2_predict`` once per domain of the test set (or of ``domains``), each with its domain's
-    normalisation, by the ensemble of ``folds``. Predictions of all domains are gathered in ``output / "all"``.
-    """
+    """``nnUNetv2_predict`` of the test set (or of the cases of ``domains``) by the ensemble of ``folds``: once
+    per domain, each with its domain's normalisation, for a trainer with per-domain norms; in one call
+    otherwise. Returns ``output / "all"``, where the predictions of all domains are gathered."""
     inputs = Path(work) / f"test_inputs_{dataset_id}"
     shutil.rmtree(inputs, ignore_errors=True)
-    output = Path(output)
-    for domain, folder in split_test_set_by_domain(raw_folder, inputs).items():
-        if domains is not None and domain not in domains:
-            continue
+    output, merged = Path(output), Path(output) / "all"
+    folders = {d: f for d, f in split_test_set_by_domain(raw_folder, inputs).items() if domains is None or d in domains}
+    if folders and not per_domain_norms(trainer):
+        (inputs / "all").mkdir()
+        for image in (image for folder in folders.values() for image in folder.iterdir()):
+            os.symlink(image.resolve(), inputs / "all" / image.name)
+        folders = {"all": inputs / "all"}
+    for domain, folder in folders.items():
         run("predict", command("nnUNetv2_predict"), "-i", str(folder), "-o", str(output / domain),
             "-d", str(dataset_id), "-c", configuration, "-f", *map(str, folds), "-tr", trainer, "-p", plans,
-            "-device", "cpu", "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain})
-    merged = output / "all"
+            "-device", "cpu", "--disable_progress_bar", extra_env={"nnUNet_uda_inference_domain": domain}
+            if domain != "all" else None)
     merged.mkdir(parents=True, exist_ok=True)
     for domain_folder in output.iterdir():
         if domain_folder != merged:
             for prediction in domain_folder.glob("*.nii.gz"):
                 shutil.copy(prediction, merged / prediction.name)
     return merged
+
+
+def per_domain_norms(trainer: str) -> bool:
+    """Whether the plugin trainer ``trainer`` builds a network with per-domain norms (unknown names: assumed)."""
+    from nnunet_uda.training import TRAINERS
+
+    return getattr(TRAINERS.get(trainer), "use_conditional_norm", True)
 
 
 @dataclass
@@ -173,7 +185,10 @@ def train_and_evaluate(run: Runner, work: Path, raw: Path, dataset_id: int, trai
 def initial_label_quality(raw: Path) -> dict:
     """The training label files (manual and initial pseudo labels) scored against the phantom's true labels
     (``labelsTr_reference``): the evaluation's ``mean`` per domain."""
-    return evaluate_folder(raw / "labelsTr_reference", raw / "labelsTr", load_dataset_json(raw), num_processes=1)["mean"]
+    with warnings.catch_warnings():  # the hand-labeled cases have no reference, by design
+        warnings.filterwarnings("ignore", message=".*have no reference.*")
+        return evaluate_folder(raw / "labelsTr_reference", raw / "labelsTr", load_dataset_json(raw),
+                               num_processes=1)["mean"]
 
 
 def predictions_folder(work: Path, dataset_id: int, trainer: str, folds: Sequence[int] = (0,)) -> Path:

@@ -41,6 +41,24 @@ from nnunet_uda.training.base import nnUNetTrainerUDA
 from nnunet_uda.training.schedules import sigmoid_rampup
 
 
+def labeled_and_unlabeled(table, training_cases) -> tuple[list[str], list[str]]:
+    """The training cases with labels (manual or pseudo) and those without (``"labels": "none"``)."""
+    unlabeled = [c for c in training_cases if table.entry(c).labels == "none"]
+    return [c for c in training_cases if table.entry(c).labels != "none"], unlabeled
+
+
+class nnUNetTrainerLabeledOnly(nnUNetTrainerUDA):
+    """nnU-Net on the labeled cases alone (nnU-Net's own network and loss on annotated voxels): the floor of the
+    semi-supervised methods, and their ceiling on a dataset where every case is labeled."""
+    use_conditional_norm = False
+
+    def batch_pools(self, training_cases):
+        labeled, _ = labeled_and_unlabeled(self.domain_table, training_cases)
+        if not labeled:
+            raise RuntimeError(f"{self.__class__.__name__}: fold {self.fold} has no labeled training cases")
+        return [(labeled, self.batch_size)]
+
+
 @dataclass
 class CoTrainingOutputs:
     """One network's pass over a batch: deep-supervision logits (highest resolution first), the output of its
@@ -122,9 +140,7 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     # ------------------------------------------------------------------ batches
     def batch_pools(self, training_cases):
         """Unlabeled cases first, labeled ones last (where nnU-Net forces foreground)."""
-        table = self.domain_table
-        unlabeled = [c for c in training_cases if table.entry(c).labels == "none"]
-        labeled = [c for c in training_cases if table.entry(c).labels != "none"]
+        labeled, unlabeled = labeled_and_unlabeled(self.domain_table, training_cases)
         if not unlabeled or not labeled:
             missing = "unlabeled (\"labels\": \"none\")" if not unlabeled else "labeled"
             raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled training cases, but fold "

@@ -1,0 +1,85 @@
+"""Semi-supervised benchmark on the phantom: the floor, CPS, DVCL's Table 2 rows and the ceiling.
+
+For each labeled fraction (default 10 % and 20 %): a CT-only phantom with that fraction of its training cases
+labeled (``nnUNetv2_uda_phantom --semi_supervised``), and its fully labeled twin (same images, every label).
+Trained with nnU-Net's commands on fold ``all`` (every labeled case; the test set scores):
+
+- floor: ``nnUNetTrainerLabeledOnly`` on the labeled cases alone;
+- ``nnUNetTrainerCPS``, ``nnUNetTrainerDVCL_HqCL``, ``nnUNetTrainerDVCL_noNPS_noQDS``, ``nnUNetTrainerDVCL_noQDS``,
+  ``nnUNetTrainerDVCL`` (DVCL Table 2, rows I-V);
+- ceiling: ``nnUNetTrainerLabeledOnly`` on the fully labeled twin.
+
+Prints and writes ``summary.md``: mean Dice and NSD of the test set per trainer, the share of the floor-to-ceiling
+gap each closes, and Dice per organ. An interrupted run resumes (finished trainings are reused). Results:
+docs/methods/dvcl.md#measured.
+
+    python examples/benchmark_semi_supervised.py --work benchmark_output/semi_supervised
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom, \
+    train_and_evaluate
+
+FLOOR = "nnUNetTrainerLabeledOnly"
+METHODS = ("nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL_noNPS_noQDS", "nnUNetTrainerDVCL_noQDS",
+           "nnUNetTrainerDVCL")
+FOLDS = ("all",)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/semi_supervised")
+    parser.add_argument("--dataset", type=int, default=960, help="first dataset id (two per fraction)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=(0.1, 0.2))
+    parser.add_argument("--shape", type=int, nargs=3, default=(32, 32, 32))
+    parser.add_argument("--trainers", nargs="+", default=METHODS, help="the methods between floor and ceiling")
+    add_run_arguments(parser, epochs=40, iterations=50)
+    parser.set_defaults(n_source=40)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    sections = []
+    for i, fraction in enumerate(args.fractions):
+        semi, twin = args.dataset + 2 * i, args.dataset + 2 * i + 1
+        flags = ("--semi_supervised", str(fraction))
+        settings = dict(shape=tuple(args.shape), n_source=args.n_source, n_test=5)
+        raw = prepare_phantom(run, semi, PhantomSettings(**settings, flags=flags), folds=2)
+        raw_twin = prepare_phantom(run, twin, PhantomSettings(**settings, flags=(*flags, "--fully_labeled")), folds=2)
+        results = {"floor": train_and_evaluate(run, work, raw, semi, FLOOR, FOLDS)}
+        for trainer in args.trainers:
+            results[trainer] = train_and_evaluate(run, work, raw, semi, trainer, FOLDS)
+        results["ceiling"] = train_and_evaluate(run, work, raw_twin, twin, FLOOR, FOLDS)
+        sections.append(section(fraction, args, results))
+    text = "\n".join(sections)
+    (work / "summary.md").write_text(text)
+    print("\n" + text)
+    return text
+
+
+def section(fraction: float, args, results: dict[str, dict]) -> str:
+    """The tables of one labeled fraction: means, gap closed, Dice per organ."""
+    means = {name: r["mean"]["CT"] for name, r in results.items()}
+    floor, ceiling = (means[k]["average"]["dice"] for k in ("floor", "ceiling"))
+    organs = [o for o in means["floor"] if o != "average"]
+    lines = [f"## {fraction:.0%} labeled ({round(fraction * args.n_source)} of {args.n_source} training cases)", "",
+             f"{args.epochs} epochs x {args.iterations} iterations, fold all, test set of 5 cases.", "",
+             "| trainer | Dice | NSD | gap closed | " + " | ".join(organs) + " |",
+             "|---|---|---|---|" + "---|" * len(organs)]
+    for name, m in means.items():
+        dice, nsd = m["average"]["dice"], m["average"]["nsd"]
+        closed = (dice - floor) / (ceiling - floor) if ceiling != floor else float("nan")
+        cells = [f"{dice:.3f}", f"{nsd:.3f}", f"{closed:.0%}"] + [f"{m[o]['dice']:.2f}" for o in organs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
