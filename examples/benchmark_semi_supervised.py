@@ -36,6 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--fractions", type=float, nargs="+", default=(0.1, 0.2))
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 32, 32))
     parser.add_argument("--trainers", nargs="+", default=METHODS, help="the methods between floor and ceiling")
+    parser.add_argument("--phantom", nargs=argparse.REMAINDER, default=[],
+                        help="further nnUNetv2_uda_phantom options, last (e.g. --organs liver aorta --organ_scale 1.5)")
     add_run_arguments(parser, epochs=40, iterations=50)
     parser.set_defaults(n_source=40)
     return parser.parse_args(argv)
@@ -49,7 +51,7 @@ def main(argv=None) -> str:
     sections = []
     for i, fraction in enumerate(args.fractions):
         semi, twin = args.dataset + 2 * i, args.dataset + 2 * i + 1
-        flags = ("--semi_supervised", str(fraction))
+        flags = ("--semi_supervised", str(fraction), *args.phantom)
         settings = dict(shape=tuple(args.shape), n_source=args.n_source, n_test=5)
         raw = prepare_phantom(run, semi, PhantomSettings(**settings, flags=flags), folds=2)
         raw_twin = prepare_phantom(run, twin, PhantomSettings(**settings, flags=(*flags, "--fully_labeled")), folds=2)
