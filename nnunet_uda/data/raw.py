@@ -21,11 +21,12 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def find_raw_dataset(dataset: str | int) -> Path:
-    """The raw folder of ``dataset``: an id (``5``, ``"005"``), a full name or a path."""
-    if isinstance(dataset, str) and os.path.isdir(dataset):
+def find_raw_dataset(dataset: str | int | Path, root: Path | None = None) -> Path:
+    """The raw folder of ``dataset``: an id (``5``, ``"005"``), a full name or a path; names and ids are looked up in
+    ``root`` (default ``$nnUNet_raw``)."""
+    if isinstance(dataset, (str, Path)) and os.path.isdir(dataset):
         return Path(dataset)
-    root = raw_root()
+    root = Path(root) if root is not None else raw_root()
     try:
         prefix = f"Dataset{int(dataset):03d}_"
         matches = sorted(p for p in root.glob(prefix + "*") if p.is_dir()) if root.is_dir() else []
@@ -33,8 +34,13 @@ def find_raw_dataset(dataset: str | int) -> Path:
         matches = [root / str(dataset)] if (root / str(dataset)).is_dir() else []
     if len(matches) != 1:
         found = "none" if not matches else ", ".join(p.name for p in matches)
-        raise FileNotFoundError(f"dataset {dataset!r}: expected exactly one folder in {root}, found {found}")
+        raise FileNotFoundError(f"dataset {dataset}: expected exactly one folder in {root}, found {found}")
     return matches[0]
+
+
+def datasets_using_id(root: Path, dataset_id: int, final: Path) -> list[str]:
+    """The dataset folders in ``root`` other than ``final`` that hold ``dataset_id`` (nnU-Net needs unique ids)."""
+    return sorted(p.name for p in Path(root).glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p != final)
 
 
 def image_file(folder: Path, case: str, ending: str, channel: int = 0) -> Path:

@@ -23,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, load_dataset_json, raw_root, save_json
+from nnunet_uda.data.raw import (atomic_folder, dataset_folder_name, datasets_using_id, find_raw_dataset,
+                                 load_dataset_json, raw_root, save_json)
 from nnunet_uda.domains import TABLE_KEY, DomainTable, DomainTableError
 from nnunet_uda.intensity import CT_WINDOW, harmonize
 
@@ -131,20 +132,14 @@ def _parse_table(dataset_json: Mapping, where: str) -> DomainTable:
 # --------------------------------------------------------------------------------------- files
 def _locate(dataset, root: Path) -> Path:
     """The raw folder of ``dataset`` (an id, a folder name or a path) in ``root``."""
-    if isinstance(dataset, (str, Path)) and Path(dataset).is_dir() and (Path(dataset) / "dataset.json").is_file():
-        return Path(dataset)
     try:
-        matches = sorted(p for p in Path(root).glob(f"Dataset{int(dataset):03d}_*") if p.is_dir())
-    except ValueError:
-        matches = [Path(root) / str(dataset)] if (Path(root) / str(dataset)).is_dir() else []
-    if len(matches) != 1:
-        found = "none" if not matches else ", ".join(p.name for p in matches)
-        raise SemiSupervisedDatasetError(f"dataset {dataset}: expected exactly one raw dataset folder for it in "
-                                         f"{root}, found {found}; check the id and $nnUNet_raw")
-    if not (matches[0] / "dataset.json").is_file():
-        raise SemiSupervisedDatasetError(f"{matches[0] / 'dataset.json'} does not exist; every nnU-Net raw dataset "
+        folder = find_raw_dataset(dataset, root)
+    except FileNotFoundError as error:
+        raise SemiSupervisedDatasetError(f"{error}; check the id and $nnUNet_raw") from None
+    if not (folder / "dataset.json").is_file():
+        raise SemiSupervisedDatasetError(f"{folder / 'dataset.json'} does not exist; every nnU-Net raw dataset "
                                          f"needs one")
-    return matches[0]
+    return folder
 
 
 def _root(folder: str | Path | None) -> Path:
@@ -323,7 +318,7 @@ def _new_dataset_folder(root: Path, dataset_id: int, name: str, source: Path, ov
     final = root / dataset_folder_name(dataset_id, name)
     if final.resolve() == source.resolve():
         raise SemiSupervisedDatasetError(f"the new dataset {final.name} would replace its source; choose another id")
-    others = sorted(p.name for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p != final)
+    others = datasets_using_id(root, dataset_id, final)
     if others:
         raise SemiSupervisedDatasetError(f"dataset id {dataset_id} is already used by {', '.join(others)} in {root}; "
                                          f"choose another id (nnU-Net needs unique ids)")

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, raw_root, save_json
+from nnunet_uda.data.raw import atomic_folder, dataset_folder_name, datasets_using_id, raw_root, save_json
 from nnunet_uda.synthetic.acquisition import DEFAULT_SHAPE, SOURCE_DOMAIN
 from nnunet_uda.synthetic.anatomy import LABELS, ORGANS
 from nnunet_uda.synthetic.case import PhantomCase, case_rng, synthesize_case
@@ -157,7 +157,7 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
 
 def _check_id_unused(root: Path, dataset_id: int, final: Path) -> None:
     """Refuse a dataset id already taken by a dataset of another name (nnU-Net needs unique ids)."""
-    others = [p.name for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p != final]
+    others = datasets_using_id(root, dataset_id, final)
     if others:
-        raise PhantomOptionsError(f"dataset id {dataset_id} is already used by {', '.join(sorted(others))} "
+        raise PhantomOptionsError(f"dataset id {dataset_id} is already used by {', '.join(others)} "
                                   f"in {root}; choose another id")

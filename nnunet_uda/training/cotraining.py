@@ -62,11 +62,9 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainerUDA):
 @dataclass
 class CoTrainingOutputs:
     """One network's pass over a batch: deep-supervision logits (highest resolution first), the output of its
-    decoder stage ``feature_stage`` (what its projection head reads), the full-resolution softmax, and the
-    head itself (None without one)."""
+    decoder stage ``feature_stage`` (what its projection head reads), and the head itself (None without one)."""
     logits: list[torch.Tensor]
     decoder: torch.Tensor
-    probs: torch.Tensor
     head: torch.nn.Module | None
 
 
@@ -135,7 +133,7 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     def _run(self, network, head, data) -> CoTrainingOutputs:
         output: NetworkOutput = network(data, return_features=True)
         logits = output.logits if isinstance(output.logits, list) else [output.logits]
-        return CoTrainingOutputs(logits, output.decoder[self.feature_stage], torch.softmax(logits[0].float(), 1), head)
+        return CoTrainingOutputs(logits, output.decoder[self.feature_stage], head)
 
     # ------------------------------------------------------------------ batches
     def batch_pools(self, training_cases):

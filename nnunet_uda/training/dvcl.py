@@ -70,10 +70,11 @@ class nnUNetTrainerDVCL(nnUNetTrainerCPS):
         """One network's bounded voxel sets: (features, labels, predicted, labeled, reliable) for L_hqcl, and
         (features, probs) of unreliable unlabeled voxels for L_dvcl. Samples ``[:n_unlabeled]`` are unlabeled,
         the rest labeled with ``labels`` (B_l, 1, *s)."""
-        u, c = n_unlabeled, x.probs.shape[1]
+        probs = torch.softmax(x.logits[0].float(), 1)
+        u, c = n_unlabeled, probs.shape[1]
         with torch.no_grad():
-            predicted = x.probs.argmax(1)
-            _, reliable_u, unreliable_u = entropy_split(x.probs[:u], self.alpha)  # eqs. 4-6
+            predicted = probs.argmax(1)
+            _, reliable_u, unreliable_u = entropy_split(probs[:u], self.alpha)  # eqs. 4-6
             truth = labels[:, 0].long()
             truth = torch.where((truth >= 0) & (truth < c), truth, c)  # ignore and padding: no class
             none = torch.full_like(predicted[:u], c)
@@ -85,14 +86,14 @@ class nnUNetTrainerDVCL(nnUNetTrainerCPS):
                       torch.where(labeled & (predicted != label) & (label < c), predicted, c),  # eq. 9's negatives
                       torch.where(reliable, label, c))  # reliable unlabeled voxels by pseudo label
             index = torch.cat([self._pick(g.flatten(), c) for g in groups])
-            candidates = torch.cat((unreliable_u, torch.zeros_like(labeled[u:]))).flatten().nonzero()[:, 0]
+            candidates = unreliable_u.flatten().nonzero()[:, 0]  # the unlabeled samples come first in the batch
             chosen = candidates[torch.randperm(len(candidates), device=candidates.device)[:self.unreliable_voxels]]
         decoder = x.decoder.movedim(1, -1).flatten(0, -2)
         hqcl_voxels = (x.head(decoder[index]), label.flatten()[index], predicted.flatten()[index],
                        labeled.flatten()[index], reliable.flatten()[index])
         with torch.no_grad():  # L_dvcl's features only choose neighbours and outsiders (eq. 12)
             unreliable_features = x.head(decoder[chosen])
-        return hqcl_voxels, (unreliable_features, x.probs.movedim(1, -1).flatten(0, -2)[chosen])
+        return hqcl_voxels, (unreliable_features, probs.movedim(1, -1).flatten(0, -2)[chosen])
 
     def _pick(self, classes: torch.Tensor, c: int) -> torch.Tensor:
         """Indices of up to ``voxels_per_class`` random voxels of each class of ``classes`` (c: none)."""
