@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 
 from nnunet_uda.losses.dvcl import DistanceAwareContrast, dvcl_loss
 from nnunet_uda.losses.entropy_selection import entropy_split
-from nnunet_uda.losses.hqcl import HighQualityContrast, hqcl_loss, sample_per_class
+from nnunet_uda.losses.hqcl import HighQualityContrast, hqcl_loss
+from nnunet_uda.losses.sampling import sample_per_class
 from nnunet_uda.memory import ClassMemoryBank, FeatureQueue, gather_rows
 
 

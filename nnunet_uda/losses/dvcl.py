@@ -23,13 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.sampling import permutation
 from nnunet_uda.memory import FeatureQueue, distributed_world_size
-
-
-def _uniform_permutation(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    if generator is None:
-        return torch.randperm(n, device=device)
-    return torch.randperm(n, generator=generator, device=generator.device).to(device)
 
 
 def kth_similarity(similarity: torch.Tensor, k: int) -> torch.Tensor:
@@ -127,7 +122,7 @@ class DistanceAwareContrast:
             self.queue.to(device)
         candidate_features, candidate_probs = self.queue.contents()
         n = features.shape[0]
-        order = _uniform_permutation(n, generator, device)
+        order = permutation(n, generator, device)
         query = order[:self.queries]
         loss = dvcl_loss(features[query], probs[query], candidate_features, candidate_probs, self.k, self.k_far,
                          self.u, self.r, self.nps, self.qds, n_unreliable=n)

@@ -24,43 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.sampling import grouped_by_class, sample_per_class, uniform
 from nnunet_uda.memory import ClassMemoryBank, distributed_world_size
-
-
-def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """U[0, 1) of ``shape`` on ``device`` drawn from ``generator`` (on whichever device it lives)."""
-    if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-
-def _grouped(labels: torch.Tensor, num_classes: int, generator: torch.Generator | None = None,
-             shuffle: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Positions of ``labels`` (N,) grouped by class (labels outside 0 .. C - 1 last), in random order
-    within a class if ``shuffle``; with each class's count (C,) and first place in the order (C,)."""
-    labels = labels.long()
-    valid = (labels >= 0) & (labels < num_classes)
-    key = torch.where(valid, labels, num_classes)
-    order = torch.arange(labels.numel(), device=labels.device)
-    if shuffle:
-        order = torch.argsort(_uniform(labels.numel(), generator, labels.device))
-    order = order[torch.sort(key[order], stable=True).indices]
-    count = torch.bincount(key, minlength=num_classes + 1)[:num_classes]
-    return order, count, torch.cumsum(count, 0) - count
-
-
-def sample_per_class(labels: torch.Tensor, num_classes: int, k: int,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each class, ``k`` positions of ``labels`` (N,) with that label, drawn uniformly without
-    replacement. Returns (C, k) indices and (C, k) validity: a class with n < k positions fills
-    its first n columns, the others are invalid (index 0). Labels outside 0 .. C - 1 are never drawn."""
-    order, count, start = _grouped(labels, num_classes, generator, shuffle=True)
-    column = torch.arange(k, device=labels.device)
-    valid = column[None, :] < count[:, None]
-    if labels.numel() == 0:
-        return torch.zeros((num_classes, k), dtype=torch.long, device=labels.device), valid
-    place = (start[:, None] + column[None, :]).clamp_max(labels.numel() - 1)
-    return torch.where(valid, order[place], 0), valid
 
 
 def hqcl_loss(anchors: torch.Tensor, anchor_valid: torch.Tensor, centres: torch.Tensor, centre_valid: torch.Tensor,
@@ -130,8 +95,8 @@ class HighQualityContrast:
             return features.sum() * 0.0
         index, valid = index[:, :self.anchors], valid[:, :self.anchors]
 
-        order, count, start = _grouped(torch.where(is_negative, predicted, c), c)
-        draw = (_uniform((c, self.anchors, self.negatives), generator, device) * count[:, None, None]).long()
+        order, count, start = grouped_by_class(torch.where(is_negative, predicted, c), c)
+        draw = (uniform((c, self.anchors, self.negatives), generator, device) * count[:, None, None]).long()
         draw = torch.minimum(draw, (count - 1).clamp_min(0)[:, None, None])
         negative = order[(start[:, None, None] + draw).clamp_max(features.shape[0] - 1)]
         negative_valid = (count > 0)[:, None, None].expand_as(negative)

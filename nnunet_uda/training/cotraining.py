@@ -16,7 +16,8 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
 - L_cps (eq. 2): CE of each network against the other's detached argmax on the unlabeled cases, at full
   resolution (:func:`~nnunet_uda.losses.cross_pseudo.cross_pseudo_supervision`);
 - lambda_u(t) = ``cps_weight`` x exp(-5 (1 - t / T)^2), t the iterations done, T the whole training (the
-  sigmoid ramp-up of UA-MT over the run, as the CPS baseline of DVCL's benchmark ramps it);
+  sigmoid ramp-up of UA-MT over the run, as the CPS baseline of DVCL's benchmark ramps it), or ``cps_weight``
+  throughout with ``cps_rampup`` off (DACL's lambda_cross = 1);
 - one optimiser: nnU-Net's SGD (momentum 0.99, poly learning rate) over both networks and the heads, each
   network's gradient clipped at 12 on its own, as two nnU-Net trainings would be.
 
@@ -73,8 +74,9 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     use_conditional_norm = False
     #: share of every batch drawn from unlabeled cases (B_u / B)
     unlabeled_share = 0.5
-    #: lambda_u's maximum (DVCL eq. 3: 0.1)
+    #: lambda_u's maximum (DVCL eq. 3: 0.1), reached by the ramp-up, or held throughout without it
     cps_weight = 0.1
+    cps_rampup = True
     #: output size of the projection heads; None: no heads (CPS)
     projection_dim: int | None = None
     #: decoder stage the heads read (0: the highest resolution)
@@ -164,7 +166,8 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         losses = {"sup": 0.5 * (self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
                                 + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated)),
                   "cps": cross_pseudo_supervision(a.logits[0][:u], b.logits[0][:u])}
-        weights = {"sup": 1.0, "cps": self.cps_weight * sigmoid_rampup(self.progress, 1.0)}
+        ramp = sigmoid_rampup(self.progress, 1.0) if self.cps_rampup else 1.0
+        weights = {"sup": 1.0, "cps": self.cps_weight * ramp}
         for name, (weight, value) in self.method_losses(a, b, labeled[0], u).items():
             losses[name], weights[name] = value, weight
         for name, value in losses.items():

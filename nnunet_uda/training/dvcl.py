@@ -26,7 +26,8 @@ import torch
 
 from nnunet_uda.losses.dvcl import DistanceAwareContrast
 from nnunet_uda.losses.entropy_selection import entropy_split
-from nnunet_uda.losses.hqcl import HighQualityContrast, sample_per_class
+from nnunet_uda.losses.hqcl import HighQualityContrast
+from nnunet_uda.losses.sampling import sample_per_class
 from nnunet_uda.training.cotraining import CoTrainingOutputs, nnUNetTrainerCPS
 
 
