@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -25,14 +26,10 @@ def unet_kind(request):
     return request.param
 
 
-def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), iterations: int = 2,
-                       resume: bool = True) -> dict:
-    """The real commands on a 20^3 phantom: phantom, planning, ``nnUNetv2_train`` for one epoch, a
-    second epoch through ``--c`` (unless not ``resume``), ``nnUNetv2_predict`` of every domain's test
-    set. Returns the paths and the checkpoint written after the first epoch."""
+def tiny_phantom(work, dataset: int, phantom_flags=(), iterations: int = 2) -> dict:
+    """A 20^3 phantom made and planned with the real commands; its runner trains one epoch of ``iterations``."""
     from nnunet_uda.data.raw import dataset_folder_name
-    from nnunet_uda.pipeline import Runner, command, nnunet_environment, predict_test_sets
-    from nnunet_uda.planning import DEFAULT_PLANS
+    from nnunet_uda.pipeline import Runner, command, nnunet_environment
 
     run = Runner(nnunet_environment(work, epochs=1, iterations=iterations, val_iterations=1, processes=1),
                  log=work / "log.txt")
@@ -40,13 +37,65 @@ def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), itera
     run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, "--shape", "20", "20", "20", "--n_test", "1",
         *phantom_flags)
     run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1")
-    train = (command("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-p", DEFAULT_PLANS, "-device", "cpu")
+    return dict(run=run, work=work, dataset=dataset, raw=work / "nnUNet_raw" / name,
+                preprocessed=work / "nnUNet_preprocessed" / name)
+
+
+def train_tiny(phantom: dict, trainer: str, resume: bool = True) -> dict:
+    """``nnUNetv2_train`` of ``trainer`` on a :func:`tiny_phantom` for one epoch, a second epoch through ``--c``
+    (unless not ``resume``), ``nnUNetv2_predict`` of every domain's test set. Returns the phantom's paths with
+    the results folder, the checkpoint written after the first epoch and the predictions."""
+    from nnunet_uda.pipeline import command, predict_test_sets
+    from nnunet_uda.planning import DEFAULT_PLANS
+
+    run, work = phantom["run"], phantom["work"]
+    train = (command("nnUNetv2_train"), str(phantom["dataset"]), "3d_fullres", "0", "-tr", trainer,
+             "-p", DEFAULT_PLANS, "-device", "cpu")
     run("train", *train)
-    results = work / "nnUNet_results" / name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
+    results = work / "nnUNet_results" / phantom["raw"].name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
     first = torch.load(results / "checkpoint_final.pth", weights_only=False)
     if resume:
         run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
-    raw = work / "nnUNet_raw" / name
-    predictions = predict_test_sets(run, raw, dataset, trainer, work / "predictions", work)
-    return dict(run=run, work=work, raw=raw, results=results, first=first, predictions=predictions,
-                preprocessed=work / "nnUNet_preprocessed" / name)
+    predictions = predict_test_sets(run, phantom["raw"], phantom["dataset"], trainer, work / f"predictions_{trainer}",
+                                    work)
+    return dict(phantom, results=results, first=first, predictions=predictions)
+
+
+def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), iterations: int = 2,
+                       resume: bool = True) -> dict:
+    """:func:`train_tiny` on a new :func:`tiny_phantom`."""
+    return train_tiny(tiny_phantom(work, dataset, phantom_flags, iterations), trainer, resume)
+
+
+@pytest.fixture(scope="session")
+def semi_supervised_phantom(tmp_path_factory):
+    """The co-training trainers' shared fixture: half of 10 CT cases labeled, planned, 3 iterations an epoch."""
+    return tiny_phantom(tmp_path_factory.mktemp("semi_supervised"), 954,
+                        ("--semi_supervised", "0.5", "--n_source", "10"), iterations=3)
+
+
+@pytest.fixture
+def build_trainer(monkeypatch, tmp_path):
+    """Builds a trainer as nnUNetv2_train does, on the CPU, from a run's preprocessed data (results in tmp_path)."""
+    def build(run, trainer_class):
+        monkeypatch.setenv("nnUNet_preprocessed", str(run["preprocessed"].parent))
+        monkeypatch.setenv("nnUNet_results", str(tmp_path))
+        return _build(run, trainer_class)
+    return build
+
+
+def _build(run, trainer_class):
+    from nnunet_uda.planning import DEFAULT_PLANS
+
+    preprocessed = run["preprocessed"]
+    plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def changed(before: dict, module) -> bool:
+    """Whether any floating-point entry of ``module``'s state differs from the saved ``before``."""
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.is_floating_point())

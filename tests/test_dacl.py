@@ -1,0 +1,82 @@
+"""nnUNetTrainerDACL in nnU-Net: a real nnUNetv2_train / --c / nnUNetv2_predict run on the shared semi-supervised
+phantom, the schedule of eq. 1, and one step of L_CL^soft training the heads and the encoders."""
+import math
+
+import pytest
+import torch
+
+from conftest import changed, train_tiny
+
+TRAINER = "nnUNetTrainerDACL"
+
+
+@pytest.fixture(scope="module")
+def dacl_run(semi_supervised_phantom):
+    return train_tiny(semi_supervised_phantom, TRAINER)
+
+
+def test_training_logs_eq1_and_resumes_with_the_bank(dacl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDACL
+
+    checkpoint = torch.load(dacl_run["results"] / "checkpoint_final.pth", weights_only=False)
+    assert checkpoint["current_epoch"] == 2 and checkpoint["uda_state"]["counters"]["iterations"] == 6
+    for name in ("l_sup", "l_cps", "l_dacl", "lambda_cps", "lambda_dacl"):
+        assert len(checkpoint["logging"][name]) == 2 and all(map(math.isfinite, checkpoint["logging"][name])), name
+    assert checkpoint["logging"]["lambda_cps"] == [1.0, 1.0]  # lambda_cross = 1, no ramp
+    first = dacl_run["first"]
+    assert set(first["uda_state"]) == {"counters", "network_b", "head_a", "head_b", "dacl_bank"}
+    assert int(first["uda_state"]["dacl_bank"]["count"].sum()) > 0
+    trainer = build_trainer(dacl_run, nnUNetTrainerDACL)
+    trainer.load_checkpoint(first)
+    for key, value in trainer.contrast.state_dict().items():
+        assert torch.equal(value, first["uda_state"]["dacl_bank"][key]), key
+    assert len(list(dacl_run["predictions"].rglob("*.nii.gz"))) == 1
+
+
+def test_lambda_cl_waits_then_follows_the_gaussian_warm_up(dacl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDACL
+
+    trainer = build_trainer(dacl_run, nnUNetTrainerDACL)
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 300, 100  # 30,000 iterations, as the paper's run
+    for t, expected in ((0, 0.0), (999, 0.0), (1000, 0.1 * math.exp(-5 * (1 - 1000 / 30000) ** 2)),
+                        (15000, 0.1 * math.exp(-1.25)), (30000, 0.1)):
+        trainer.counters.values["iterations"] = t
+        assert trainer.contrast_lambda() == pytest.approx(expected), t
+    trainer.num_epochs = 3  # 300 iterations: the warm-up is 1/30 of the run
+    trainer.counters.values["iterations"] = 9
+    assert trainer.contrast_lambda() == 0
+    trainer.counters.values["iterations"] = 10
+    assert trainer.contrast_lambda() > 0
+
+
+@pytest.mark.parametrize("level", ["voxel", "region"])
+def test_the_contrast_alone_trains_both_heads_and_encoders(dacl_run, build_trainer, level):
+    from nnunet_uda.training import nnUNetTrainerDACL, nnUNetTrainerDACL_Region
+
+    torch.manual_seed(0)
+    trainer = build_trainer(dacl_run, nnUNetTrainerDACL if level == "voxel" else nnUNetTrainerDACL_Region)
+    trainer.load_checkpoint(dacl_run["first"])
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    data, target = trainer._to_device(next(trainer.dataloader_train))
+    encoders = {"a": trainer.network.encoder, "b": trainer.network_b.encoder}
+    modules = {**encoders, "head_a": trainer.heads[0], "head_b": trainer.heads[1]}
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    a, b = trainer.run_pair(data)
+    weight, loss = trainer.method_losses(a, b, target[0][1:], 1)["dacl"]
+    assert loss.requires_grad and torch.isfinite(loss) and loss.item() > 0
+    trainer.optimizer_step(loss, trainer.optimizer, trainer.clipping_groups())
+    assert all(changed(before[name], module) for name, module in modules.items())
+
+
+def test_variants_switch_what_their_table_row_names(dacl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDACL_CPS, nnUNetTrainerDACL_PaperSGD, nnUNetTrainerDACL_PCL
+
+    baseline = build_trainer(dacl_run, nnUNetTrainerDACL_CPS)
+    assert baseline.heads == [] and "dacl_bank" not in baseline.extra_state
+    assert baseline.method_losses(None, None, None, 1) == {}
+    pcl = build_trainer(dacl_run, nnUNetTrainerDACL_PCL)
+    assert (pcl.contrast.sampling, pcl.contrast.use_bank, pcl.contrast.use_positiveness) == ("random", False, False)
+    paper = build_trainer(dacl_run, nnUNetTrainerDACL_PaperSGD)
+    assert {(g["momentum"], g["weight_decay"]) for g in paper.optimizer.param_groups} == {(0.9, 1e-4)}
+    assert len(paper.optimizer.param_groups) == 2
