@@ -1,10 +1,12 @@
 """Cost of one co-training iteration against one vanilla nnU-Net iteration, on the same plans and batch.
 
 Builds a semi-supervised phantom (``nnUNetv2_uda_phantom --semi_supervised``), plans it, then times
-``train_step`` of nnU-Net's ``nnUNetTrainer``, ``nnUNetTrainerCPS`` and ``nnUNetTrainerDVCL`` (and the DVCL
-variants) in this process on one fixed batch, so data loading is left out. Prints the median seconds per
-iteration, the ratio to vanilla, the contrastive terms' share of the DVCL step (DVCL against CPS) and, on a GPU,
-the peak memory. Results: docs/methods/dvcl.md#cost.
+``train_step`` of nnU-Net's ``nnUNetTrainer``, ``nnUNetTrainerCPS``, ``nnUNetTrainerDVCL`` (and a DVCL variant)
+and ``nnUNetTrainerDACL`` (and its CPS row) in this process on one fixed batch, so data loading is left out.
+Prints the median seconds per iteration, the ratio to vanilla, the contrastive terms' share of the DVCL and
+DACL steps (against their CPS baselines) and, on a GPU, the peak memory; then DACL with a full class memory bank
+of L = 100, 1,000 and 10,000 features, with the density computation's share of the step.
+Results: docs/methods/dvcl.md#cost, docs/methods/dacl.md#cost.
 
     python examples/benchmark_cotraining_cost.py --work benchmark_output/cotraining_cost [--device cuda]
 """
@@ -22,18 +24,24 @@ import torch
 from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom
 from nnunet_uda.planning import DEFAULT_PLANS
 
-TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL")
+TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL",
+            "nnUNetTrainerDACL_CPS", "nnUNetTrainerDACL")
+BANK_SIZES = (100, 1000, 10000)
 
 
-def build(name: str, preprocessed: Path, device: torch.device):
+def build(name: str, preprocessed: Path, device: torch.device, **attributes):
+    """The trainer ``name`` (a subclass with ``attributes`` set, if any), initialised on ``device``."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_uda.training import TRAINERS as PLUGIN
 
+    trainer_class = PLUGIN.get(name) or nnUNetTrainer
+    if attributes:
+        trainer_class = type(name, (trainer_class,), attributes)
     plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
     plans["continue_training"] = False
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    trainer = (PLUGIN.get(name) or nnUNetTrainer)(plans, "3d_fullres", 0, dataset_json, device=device)
+    trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=device)
     trainer.initialize()
     trainer.on_train_start = None
     return trainer
@@ -58,6 +66,36 @@ def time_steps(trainer, batch: dict, warmup: int, repeats: int) -> tuple[float, 
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
+
+
+def time_dacl_bank(preprocessed: Path, device, batch: dict, size: int, warmup: int, repeats: int):
+    """Seconds per DACL iteration with a full bank of ``size`` random features per class, and the share of the
+    step spent in the density computation (eqs. 3-5)."""
+    import nnunet_uda.losses.dacl as dacl
+
+    trainer = build("nnUNetTrainerDACL", preprocessed, device, bank_size=size)
+    trainer.n_unlabeled = 1
+    bank = trainer.contrast.bank.to(device)
+    bank.features.normal_()
+    bank.count.fill_(size)
+    spent, density = [], dacl.knn_density
+
+    def timed(*args, **kwargs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = density(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        spent.append(time.perf_counter() - start)
+        return result
+
+    dacl.knn_density = timed
+    try:
+        seconds, _ = time_steps(trainer, batch, warmup, repeats)
+    finally:
+        dacl.knn_density = density
+    return seconds, statistics.median(spent[warmup:]) / seconds
 
 
 def main(argv=None) -> None:
@@ -95,8 +133,16 @@ def main(argv=None) -> None:
              "| trainer | s per iteration | ratio to vanilla | peak GPU MB |", "|---|---|---|---|"]
     lines += [f"| `{n}` | {s:.3f} | {s / vanilla:.2f} | {m:.0f} |" if m is not None else
               f"| `{n}` | {s:.3f} | {s / vanilla:.2f} | n/a |" for n, s, m in rows]
-    cps, dvcl = rows[1][1], rows[-1][1]
-    lines += ["", f"Contrastive terms' share of the DVCL step (DVCL against CPS): {(dvcl - cps) / dvcl:.0%}."]
+    seconds = {n: s for n, s, _ in rows}
+    for method, baseline in (("nnUNetTrainerDVCL", "nnUNetTrainerCPS"), ("nnUNetTrainerDACL", "nnUNetTrainerDACL_CPS")):
+        share = (seconds[method] - seconds[baseline]) / seconds[method]
+        lines.append(f"\nContrastive terms' share of the `{method}` step (against `{baseline}`): {share:.0%}.")
+    lines += ["", "`nnUNetTrainerDACL` with a full class memory bank of L features per class:", "",
+              "| L | s per iteration | ratio to vanilla | density's share of the step |", "|---|---|---|---|"]
+    for size in BANK_SIZES:
+        step, density = time_dacl_bank(preprocessed, device, batch, size, args.warmup, args.repeats)
+        print(f"nnUNetTrainerDACL, L = {size}: {step:.3f} s per iteration, density {density:.0%}", flush=True)
+        lines.append(f"| {size} | {step:.3f} | {step / vanilla:.2f} | {density:.0%} |")
     text = "\n".join(lines) + "\n"
     (work / "cotraining_cost.md").write_text(text)
     print("\n" + text)
