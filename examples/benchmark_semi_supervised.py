@@ -1,19 +1,22 @@
-"""Semi-supervised benchmark on the phantom: the floor, CPS, DVCL's Table 2 rows and the ceiling.
+"""Semi-supervised benchmark on the phantom: the floor, a method's Table 2 rows and the ceiling.
 
-For each labeled fraction (default 10 % and 20 %): a CT-only phantom with that fraction of its training cases
+For each labeled fraction (DVCL's 10 % and 20 %, DACL's 5 % and 10 % by default): a CT-only phantom with that fraction of its training cases
 labeled (``nnUNetv2_uda_phantom --semi_supervised``), and its fully labeled twin (same images, every label).
 Trained with nnU-Net's commands on fold ``all`` (every labeled case; the test set scores):
 
 - floor: ``nnUNetTrainerLabeledOnly`` on the labeled cases alone;
-- ``nnUNetTrainerCPS``, ``nnUNetTrainerDVCL_HqCL``, ``nnUNetTrainerDVCL_noNPS_noQDS``, ``nnUNetTrainerDVCL_noQDS``,
-  ``nnUNetTrainerDVCL`` (DVCL Table 2, rows I-V);
+- ``--method dvcl``: ``nnUNetTrainerCPS``, ``nnUNetTrainerDVCL_HqCL``, ``nnUNetTrainerDVCL_noNPS_noQDS``,
+  ``nnUNetTrainerDVCL_noQDS``, ``nnUNetTrainerDVCL`` (DVCL Table 2, rows I-V);
+- ``--method dacl``: ``nnUNetTrainerDACL_CPS``, ``_PCL``, ``_DA``, ``_MS``, ``_Bank``, ``nnUNetTrainerDACL`` (DACL
+  Table 2, rows I-VI) and the alternatives ``_PrintedLoss``, ``_Region``, ``_PaperSGD``;
 - ceiling: ``nnUNetTrainerLabeledOnly`` on the fully labeled twin.
 
 Prints and writes ``summary.md``: mean Dice and NSD of the test set per trainer, the share of the floor-to-ceiling
 gap each closes, and Dice per organ. An interrupted run resumes (finished trainings are reused). Results:
-docs/methods/dvcl.md#measured.
+docs/methods/dvcl.md#measured, docs/methods/dacl.md#measured.
 
     python examples/benchmark_semi_supervised.py --work benchmark_output/semi_supervised
+    python examples/benchmark_semi_supervised.py --method dacl --work benchmark_output/semi_supervised
 """
 from __future__ import annotations
 
@@ -24,8 +27,12 @@ from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnun
     train_and_evaluate
 
 FLOOR = "nnUNetTrainerLabeledOnly"
-METHODS = ("nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL_noNPS_noQDS", "nnUNetTrainerDVCL_noQDS",
-           "nnUNetTrainerDVCL")
+ROWS = {"dvcl": ("nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL_noNPS_noQDS",
+                 "nnUNetTrainerDVCL_noQDS", "nnUNetTrainerDVCL"),
+        "dacl": ("nnUNetTrainerDACL_CPS", "nnUNetTrainerDACL_PCL", "nnUNetTrainerDACL_DA", "nnUNetTrainerDACL_MS",
+                 "nnUNetTrainerDACL_Bank", "nnUNetTrainerDACL", "nnUNetTrainerDACL_PrintedLoss",
+                 "nnUNetTrainerDACL_Region", "nnUNetTrainerDACL_PaperSGD")}
+FRACTIONS = {"dvcl": (0.1, 0.2), "dacl": (0.05, 0.1)}
 FOLDS = ("all",)
 
 
@@ -33,14 +40,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="benchmark_output/semi_supervised")
     parser.add_argument("--dataset", type=int, default=960, help="first dataset id (two per fraction)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=(0.1, 0.2))
+    parser.add_argument("--method", choices=sorted(ROWS), default="dvcl", help="whose Table 2 rows and fractions")
+    parser.add_argument("--fractions", type=float, nargs="+", help="labeled fractions (default: the method's)")
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 32, 32))
-    parser.add_argument("--trainers", nargs="+", default=METHODS, help="the methods between floor and ceiling")
+    parser.add_argument("--trainers", nargs="+", help="the trainers between floor and ceiling (default: the rows)")
     parser.add_argument("--phantom", nargs=argparse.REMAINDER, default=[],
                         help="further nnUNetv2_uda_phantom options, last (e.g. --organs liver aorta --organ_scale 1.5)")
     add_run_arguments(parser, epochs=40, iterations=50)
     parser.set_defaults(n_source=40)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.fractions = args.fractions or FRACTIONS[args.method]
+    args.trainers = args.trainers or ROWS[args.method]
+    return args
 
 
 def main(argv=None) -> str:
