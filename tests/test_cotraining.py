@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import train_tiny_phantom
+from conftest import changed, train_tiny
 from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
 from nnunet_uda.nn.projection import ProjectionHead
-from nnunet_uda.planning import DEFAULT_PLANS
 from nnunet_uda.training.schedules import sigmoid_rampup
 
 DATASET = 954
@@ -50,30 +49,9 @@ def test_projection_head_is_a_voxelwise_mlp():
 
 
 @pytest.fixture(scope="module")
-def dvcl_run(tmp_path_factory):
-    """Half of 10 CT cases labeled; one epoch, a second through --c, prediction of the test case."""
-    return train_tiny_phantom(tmp_path_factory.mktemp("dvcl"), DATASET, TRAINER,
-                              ("--semi_supervised", "0.5", "--n_source", "10"), iterations=3)
-
-
-@pytest.fixture
-def build_trainer(monkeypatch, tmp_path):
-    """Builds a trainer as nnUNetv2_train does, on the CPU, from a run's preprocessed data (results in tmp_path)."""
-    def build(run, trainer_class):
-        monkeypatch.setenv("nnUNet_preprocessed", str(run["preprocessed"].parent))
-        monkeypatch.setenv("nnUNet_results", str(tmp_path))
-        return _build(run, trainer_class)
-    return build
-
-
-def _build(run, trainer_class):
-    preprocessed = run["preprocessed"]
-    plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
-    plans["continue_training"] = False
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
-    trainer.initialize()
-    return trainer
+def dvcl_run(semi_supervised_phantom):
+    """One epoch on the shared semi-supervised phantom, a second through --c, prediction of the test case."""
+    return train_tiny(semi_supervised_phantom, TRAINER)
 
 
 def test_training_logs_every_term_and_resumes(dvcl_run):
@@ -103,10 +81,6 @@ def test_checkpoint_restores_network_b_heads_bank_and_queue_exactly(dvcl_run, bu
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(saved[name][key])), (name, key)
     assert trainer.counters.values["iterations"] == 3
-
-
-def changed(before: dict, module) -> bool:
-    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("term", ["cps", "dvcl"])
@@ -161,3 +135,17 @@ def test_a_dataset_without_unlabeled_cases_is_refused(dvcl_run, build_trainer):
     with pytest.raises(RuntimeError, match="no unlabeled"):
         trainer.batch_pools(labeled)
     assert np.isclose(trainer.cps_weight, 0.1)
+
+
+def test_voxel_embeddings_of_the_test_set(dvcl_run, tmp_path):
+    from nnunet_uda.pipeline import command
+
+    png = tmp_path / "dvcl_embeddings.png"
+    dvcl_run["run"]("embeddings", command("nnUNetv2_uda_embeddings"), "-d", str(DATASET), "-tr", TRAINER, "-f", "0",
+                    "-n", "1", "-o", str(png))
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
+    scores = json.loads(png.with_suffix(".json").read_text())
+    assert all(math.isfinite(scores[name]) for name in ("silhouette", "davies_bouldin", "v_measure"))
+    assert scores["cases"] == 1 and len(scores["voxels_per_class"]) >= 2
+    assert all(0 < n <= 200 for n in scores["voxels_per_class"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvcl_embeddings.json", "dvcl_embeddings.png"]
