@@ -223,3 +223,10 @@ def test_training_writes_previews_and_resumes_where_it_stopped(tmp_path):
     assert resumed == straight
     a, b = (load_generator(tmp_path / f / "generator_final.pth") for f in ("straight", "resumed"))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_3d_patch_discriminator_judges_volumes_patch_by_patch():
+    discriminator = PatchDiscriminator(in_channels=3, width=4, n_layers=1, dims=3)
+    logits = discriminator(torch.rand(2, 3, 16, 16, 16))
+    assert logits.shape == (2, 1, 6, 6, 6)
+    assert PatchDiscriminator(width=4, n_layers=1)(torch.rand(2, 1, 16, 16)).shape == (2, 1, 6, 6)

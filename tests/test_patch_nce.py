@@ -101,3 +101,41 @@ def test_sample_positions_are_distinct_and_bounded():
     positions = sample_positions((6, 7), 10, g)
     assert len(set(positions.tolist())) == 10 and positions.max() < 42
     assert sorted(sample_positions((3, 3), 20, g).tolist()) == list(range(9))
+
+
+def test_layered_patch_nce_trains_the_heads_and_the_generator_through_both_images():
+    from nnunet_uda.gan.networks import ResnetGenerator
+    from nnunet_uda.losses.patch_nce import layered_patch_nce
+    from nnunet_uda.nn.projection import ProjectionHead
+
+    torch.manual_seed(0)
+    generator = ResnetGenerator(width=4, n_blocks=5)
+    image = torch.randn(2, 1, 12, 12)
+    labels = torch.zeros(2, 1, 12, 12, dtype=torch.long)
+    labels[:, :, 3:9, 3:9] = 1
+    source = generator.encode(image)
+    assert [tuple(f.shape[1:]) for f in source] == [(1, 18, 18), (8, 6, 6), (16, 3, 3), (16, 3, 3), (16, 3, 3)]
+    translated = generator.encode(generator(image))
+    heads = torch.nn.ModuleList(ProjectionHead(f.shape[1], 16, hidden=16) for f in source)
+    loss = layered_patch_nce(source, translated, heads, labels, patches=10)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
+    assert generator.model[1].weight.grad.abs().sum() > 0
+    # the weights: the same features with every patch in the foreground give exactly twice the loss
+    g = [torch.Generator().manual_seed(5) for _ in range(2)]
+    plain = layered_patch_nce(source, translated, heads, torch.zeros_like(labels), patches=10, generator=g[0])
+    doubled = layered_patch_nce(source, translated, heads, torch.ones_like(labels), patches=10, generator=g[1])
+    assert doubled.item() == pytest.approx(2 * plain.item(), rel=1e-6)
+
+
+def test_encode_returns_the_tapped_layers_of_the_forward_pass():
+    from nnunet_uda.gan.networks import ResnetGenerator
+
+    generator = ResnetGenerator(width=4, n_blocks=2).eval()
+    image = torch.randn(1, 1, 9, 10)
+    x, outputs = generator._pad(image), []
+    for layer in generator.model:
+        x = layer(x)
+        outputs.append(x)
+    assert all(torch.equal(a, outputs[i]) for a, i in zip(generator.encode(image, (0, 4, 9)), (0, 4, 9)))
+    assert torch.equal(outputs[-1][..., :9, :10], generator(image))

@@ -73,3 +73,22 @@ def global_contrast(first: torch.Tensor, second: torch.Tensor, tau: float = 0.2)
         logits = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # k != i
         partner = torch.cat((torch.arange(t, 2 * t), torch.arange(t))).to(z.device)
         return (torch.logsumexp(logits, 1) - logits[torch.arange(2 * t, device=z.device), partner]).mean()
+
+
+def layered_patch_nce(source: list[torch.Tensor], translated: list[torch.Tensor], heads, labels: torch.Tensor,
+                      patches: int = 256, weight: float = 2.0, tau: float = 0.2, ignore_label: int | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 4's patch term over the generator layers: per layer l, ``patches`` positions drawn once for the batch,
+    the input's features ``source[l]`` (N, C_l, H_l, W_l) and the translation's ``translated[l]`` at them through
+    the layer's projection head ``heads[l]``, weighted by eq. 3 from ``labels`` (N, 1, H, W) resized to the
+    layer (as the authors' code resizes it, padding included); the mean over layers."""
+    total = 0.0
+    for f_source, f_translated, head in zip(source, translated, heads):
+        size = f_source.shape[2:]
+        position = sample_positions(size, patches, generator, f_source.device)
+        n, c = f_source.shape[:2]
+        keys, queries = (head(f.flatten(2)[:, :, position].transpose(1, 2).reshape(-1, c)).reshape(n, len(position), -1)
+                         for f in (f_source, f_translated))
+        weights = foreground_weights(labels, size, weight, ignore_label).flatten(1)[:, position]
+        total = total + patch_nce(queries, keys, weights, tau)
+    return total / len(source)

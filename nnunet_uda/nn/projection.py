@@ -6,16 +6,17 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """A per-voxel MLP, linear - ReLU - linear, ``channels`` -> ``channels`` -> ``dim`` (DVCL's "feature head",
-    section 3.1): 1x1x1 convolutions applied to feature vectors.
+    """A per-voxel MLP, linear - ReLU - linear, ``channels`` -> ``hidden`` (default ``channels``) -> ``dim`` (DVCL's
+    "feature head", section 3.1): 1x1x1 convolutions applied to feature vectors.
 
     Takes (N, channels) vectors, e.g. the voxels a loss samples (so the head's cost does not grow with the
     patch), or a (B, channels, *spatial) map.
     """
 
-    def __init__(self, channels: int, dim: int):
+    def __init__(self, channels: int, dim: int, hidden: int | None = None):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, dim))
+        hidden = hidden or channels
+        self.layers = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim == 2:
