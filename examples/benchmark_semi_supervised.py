@@ -12,7 +12,8 @@ Trained with nnU-Net's commands on fold ``all`` (every labeled case; the test se
 - ceiling: ``nnUNetTrainerLabeledOnly`` on the fully labeled twin.
 
 Prints and writes ``summary.md``: mean Dice and NSD of the test set per trainer, the share of the floor-to-ceiling
-gap each closes, and Dice per organ. An interrupted run resumes (finished trainings are reused). Results:
+gap each closes, Dice per organ, and for trainers with a feature head the cluster scores of their projected voxel
+features on the test set (``nnUNetv2_uda_embeddings``: silhouette, Davies-Bouldin, V-measure; DACL's Fig. 1b). An interrupted run resumes (finished trainings are reused). Results:
 docs/methods/dvcl.md#measured, docs/methods/dacl.md#measured.
 
     python examples/benchmark_semi_supervised.py --work benchmark_output/semi_supervised
@@ -21,10 +22,11 @@ docs/methods/dvcl.md#measured, docs/methods/dacl.md#measured.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom, \
-    train_and_evaluate
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, command, final_checkpoint, \
+    nnunet_environment, prepare_phantom, train_and_evaluate
 
 FLOOR = "nnUNetTrainerLabeledOnly"
 ROWS = {"dvcl": ("nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL_noNPS_noQDS",
@@ -67,18 +69,34 @@ def main(argv=None) -> str:
         raw = prepare_phantom(run, semi, PhantomSettings(**settings, flags=flags), folds=2)
         raw_twin = prepare_phantom(run, twin, PhantomSettings(**settings, flags=(*flags, "--fully_labeled")), folds=2)
         results = {"floor": train_and_evaluate(run, work, raw, semi, FLOOR, FOLDS)}
+        clusters = {}
         for trainer in args.trainers:
             results[trainer] = train_and_evaluate(run, work, raw, semi, trainer, FOLDS)
+            clusters[trainer] = cluster_scores(run, work, raw, semi, trainer)
         results["ceiling"] = train_and_evaluate(run, work, raw_twin, twin, FLOOR, FOLDS)
-        sections.append(section(fraction, args, results))
+        sections.append(section(fraction, args, results, clusters))
     text = "\n".join(sections)
     (work / "summary.md").write_text(text)
     print("\n" + text)
     return text
 
 
-def section(fraction: float, args, results: dict[str, dict]) -> str:
-    """The tables of one labeled fraction: means, gap closed, Dice per organ."""
+def cluster_scores(run: Runner, work: Path, raw: Path, dataset: int, trainer: str) -> dict | None:
+    """The embedding command's scores of a trainer with a feature head (None without one); reused while newer
+    than the checkpoint."""
+    from nnunet_uda.training import TRAINERS
+
+    if getattr(TRAINERS.get(trainer), "projection_dim", None) is None:
+        return None
+    scores = work / f"embeddings_{dataset}_{trainer}.json"
+    if not scores.is_file() or scores.stat().st_mtime < final_checkpoint(run, raw, trainer, "all").stat().st_mtime:
+        run("embeddings", command("nnUNetv2_uda_embeddings"), "-d", str(dataset), "-tr", trainer, "-f", "all",
+            "-n", "5", "-o", str(scores.with_suffix(".png")))
+    return json.loads(scores.read_text())
+
+
+def section(fraction: float, args, results: dict[str, dict], clusters: dict[str, dict | None]) -> str:
+    """The tables of one labeled fraction: means, gap closed, Dice per organ; cluster scores."""
     means = {name: r["mean"]["CT"] for name, r in results.items()}
     floor, ceiling = (means[k]["average"]["dice"] for k in ("floor", "ceiling"))
     organs = [o for o in means["floor"] if o != "average"]
@@ -91,7 +109,17 @@ def section(fraction: float, args, results: dict[str, dict]) -> str:
         closed = (dice - floor) / (ceiling - floor) if ceiling != floor else float("nan")
         cells = [f"{dice:.3f}", f"{nsd:.3f}", f"{closed:.0%}"] + [f"{m[o]['dice']:.2f}" for o in organs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    scored = {name: c for name, c in clusters.items() if c is not None}
+    if scored:
+        lines += ["", "Projected voxel features of the test set (network A's head, nnUNetv2_uda_embeddings):", "",
+                  "| trainer | silhouette | Davies-Bouldin | V-measure |", "|---|---|---|---|"]
+        lines += [f"| {name} | " + " | ".join(_score(c[k]) for k in ("silhouette", "davies_bouldin", "v_measure"))
+                  + " |" for name, c in scored.items()]
     return "\n".join(lines) + "\n"
+
+
+def _score(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class VoxelEmbeddings:
     cases: list[str]
 
 
-def load_trained_network(model_folder: Path, fold: int, checkpoint: str = "checkpoint_final.pth"):
+def load_trained_network(model_folder: Path, fold: int | str, checkpoint: str = "checkpoint_final.pth"):
     """(network in eval mode with the fold's weights, plans manager, configuration manager, dataset.json)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -83,7 +83,7 @@ def central_patch(data: np.ndarray, patch_size, fill: float = 0.0) -> np.ndarray
     return out
 
 
-def collect_organ_embeddings(model_folder: Path, preprocessed_folder: Path, fold: int = 0, cases_per_domain: int = 10,
+def collect_organ_embeddings(model_folder: Path, preprocessed_folder: Path, fold: int | str = 0, cases_per_domain: int = 10,
                              patch_size=None, checkpoint: str = "checkpoint_final.pth") -> OrganEmbeddings:
     """PGPS organ cuboids of up to ``cases_per_domain`` preprocessed training cases per domain.
     ``model_folder`` is nnU-Net's ``<trainer>__<plans>__<configuration>`` results folder."""
@@ -128,7 +128,7 @@ def organ_silhouette(embeddings: OrganEmbeddings) -> float:
     return float(silhouette_score(embeddings.vectors, embeddings.organs, metric="cosine"))
 
 
-def load_projection_head(model_folder: Path, fold: int, checkpoint: str = "checkpoint_final.pth"):
+def load_projection_head(model_folder: Path, fold: int | str, checkpoint: str = "checkpoint_final.pth"):
     """(network A's projection head in eval mode, the decoder stage it reads) from a co-training checkpoint's
     ``uda_state["head_a"]``; None without a head. The stage is the trainer class's ``feature_stage`` (0 where
     the class is not found)."""
@@ -152,7 +152,7 @@ def sample_class_voxels(seg: torch.Tensor, num_classes: int, k: int, generator: 
 
 
 def collect_voxel_embeddings(model_folder: Path, images: Path, labels: Path, head: ProjectionHead, feature_stage: int,
-                             fold: int = 0, cases: int = 10, voxels_per_class: int = 200,
+                             fold: int | str = 0, cases: int = 10, voxels_per_class: int = 200,
                              checkpoint: str = "checkpoint_final.pth", seed: int = 0) -> VoxelEmbeddings:
     """Projected voxel features of the first ``cases`` images of ``images`` (``<case>_XXXX`` files) with a
     reference ``<case>`` in ``labels``, preprocessed as in training; up to ``voxels_per_class`` voxels of every

@@ -201,7 +201,7 @@ def run_tag(dataset_id: int, trainer: str, folds: Sequence[int]) -> str:
     return f"{dataset_id}_{trainer}" + ("" if list(folds) == [0] else "_folds" + "".join(map(str, folds)))
 
 
-def final_checkpoint(run: Runner, raw: Path, trainer: str, fold: int) -> Path:
+def final_checkpoint(run: Runner, raw: Path, trainer: str, fold: int | str) -> Path:
     """Where ``nnUNetv2_train`` leaves a fold's final weights (plans and configuration of the plugin)."""
     return (Path(run.env["nnUNet_results"]) / Path(raw).name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres"
             / f"fold_{fold}" / "checkpoint_final.pth")

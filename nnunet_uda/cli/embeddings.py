@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("-tr", default="nnUNetTrainerAICL", help="trainer (default: %(default)s)")
     parser.add_argument("-p", default=DEFAULT_PLANS, help="plans identifier (default: %(default)s)")
     parser.add_argument("-c", default="3d_fullres", help="configuration (default: %(default)s)")
-    parser.add_argument("-f", type=int, default=0, help="fold (default: %(default)s)")
+    parser.add_argument("-f", type=lambda f: int(f) if f.isdigit() else f, default=0,
+                        help="fold, a number or all (default: %(default)s)")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file (default: %(default)s)")
     parser.add_argument("-n", type=int, default=10,
                         help="cases per domain (organ patches) or cases (voxel features) (default: %(default)s)")
