@@ -26,8 +26,9 @@ def unet_kind(request):
     return request.param
 
 
-def tiny_phantom(work, dataset: int, phantom_flags=(), iterations: int = 2) -> dict:
-    """A 20^3 phantom made and planned with the real commands; its runner trains one epoch of ``iterations``."""
+def tiny_phantom(work, dataset: int, phantom_flags=(), iterations: int = 2, configurations=("3d_fullres",)) -> dict:
+    """A 20^3 phantom made and planned (``configurations``) with the real commands; its runner trains one epoch of
+    ``iterations``."""
     from nnunet_uda.data.raw import dataset_folder_name
     from nnunet_uda.pipeline import Runner, command, nnunet_environment
 
@@ -36,12 +37,12 @@ def tiny_phantom(work, dataset: int, phantom_flags=(), iterations: int = 2) -> d
     d, name = str(dataset), dataset_folder_name(dataset, "UDAPhantom")
     run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, "--shape", "20", "20", "20", "--n_test", "1",
         *phantom_flags)
-    run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1")
+    run("plan", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", "2", "-np", "1", "-c", *configurations)
     return dict(run=run, work=work, dataset=dataset, raw=work / "nnUNet_raw" / name,
                 preprocessed=work / "nnUNet_preprocessed" / name)
 
 
-def train_tiny(phantom: dict, trainer: str, resume: bool = True) -> dict:
+def train_tiny(phantom: dict, trainer: str, resume: bool = True, configuration: str = "3d_fullres") -> dict:
     """``nnUNetv2_train`` of ``trainer`` on a :func:`tiny_phantom` for one epoch, a second epoch through ``--c``
     (unless not ``resume``), ``nnUNetv2_predict`` of every domain's test set. Returns the phantom's paths with
     the results folder, the checkpoint written after the first epoch and the predictions."""
@@ -49,15 +50,15 @@ def train_tiny(phantom: dict, trainer: str, resume: bool = True) -> dict:
     from nnunet_uda.planning import DEFAULT_PLANS
 
     run, work = phantom["run"], phantom["work"]
-    train = (command("nnUNetv2_train"), str(phantom["dataset"]), "3d_fullres", "0", "-tr", trainer,
+    train = (command("nnUNetv2_train"), str(phantom["dataset"]), configuration, "0", "-tr", trainer,
              "-p", DEFAULT_PLANS, "-device", "cpu")
     run("train", *train)
-    results = work / "nnUNet_results" / phantom["raw"].name / f"{trainer}__{DEFAULT_PLANS}__3d_fullres" / "fold_0"
+    results = work / "nnUNet_results" / phantom["raw"].name / f"{trainer}__{DEFAULT_PLANS}__{configuration}" / "fold_0"
     first = torch.load(results / "checkpoint_final.pth", weights_only=False)
     if resume:
         run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
-    predictions = predict_test_sets(run, phantom["raw"], phantom["dataset"], trainer, work / f"predictions_{trainer}",
-                                    work)
+    predictions = predict_test_sets(run, phantom["raw"], phantom["dataset"], trainer,
+                                    work / f"predictions_{trainer}_{configuration}", work, configuration=configuration)
     return dict(phantom, results=results, first=first, predictions=predictions)
 
 
@@ -77,21 +78,21 @@ def semi_supervised_phantom(tmp_path_factory):
 @pytest.fixture
 def build_trainer(monkeypatch, tmp_path):
     """Builds a trainer as nnUNetv2_train does, on the CPU, from a run's preprocessed data (results in tmp_path)."""
-    def build(run, trainer_class):
+    def build(run, trainer_class, configuration="3d_fullres"):
         monkeypatch.setenv("nnUNet_preprocessed", str(run["preprocessed"].parent))
         monkeypatch.setenv("nnUNet_results", str(tmp_path))
-        return _build(run, trainer_class)
+        return _build(run, trainer_class, configuration)
     return build
 
 
-def _build(run, trainer_class):
+def _build(run, trainer_class, configuration):
     from nnunet_uda.planning import DEFAULT_PLANS
 
     preprocessed = run["preprocessed"]
     plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
     plans["continue_training"] = False
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer = trainer_class(plans, configuration, 0, dataset_json, device=torch.device("cpu"))
     trainer.initialize()
     return trainer
 

@@ -6,8 +6,9 @@ Example (after ``nnUNetv2_uda_cyclegan_train`` for T1 and T2)::
     nnUNetv2_uda_plan_and_preprocess -d 962
     nnUNetv2_train 962 3d_fullres 0 -tr nnUNetTrainerSelfTraining -p nnUNetResEncUNetMPlans
 
-Each ``-m`` folder holds a trained model (``generator_final.pth``, ``cyclegan.json`` naming its
-target domain). See :mod:`nnunet_uda.gan.dataset` for what the new dataset holds.
+Each ``-m`` folder holds a trained model (``generator_final.pth``, and ``cyclegan.json`` or, for a
+``nnUNetTrainerCISFA`` fold folder, ``translation.json`` naming its target domain). See
+:mod:`nnunet_uda.gan.dataset` for what the new dataset holds.
 """
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def main(argv=None) -> None:
     raw = find_raw_dataset(args.d)
     generators = {}
     for folder in map(Path, args.m):
-        config, weights = folder / "cyclegan.json", folder / FINAL
-        if not config.is_file() or not weights.is_file():
-            raise SystemExit(f"nnUNetv2_uda_translate: {folder} has no finished model ({config.name} and "
-                             f"{weights.name}); train it with nnUNetv2_uda_cyclegan_train to the end")
+        config = next((folder / n for n in ("cyclegan.json", "translation.json") if (folder / n).is_file()), None)
+        weights = folder / FINAL
+        if config is None or not weights.is_file():
+            raise SystemExit(f"nnUNetv2_uda_translate: {folder} has no finished model (cyclegan.json or "
+                             f"translation.json, and {weights.name}); train it to the end with "
+                             f"nnUNetv2_uda_cyclegan_train or nnUNetv2_train -tr nnUNetTrainerCISFA")
         domain = json.loads(config.read_text())["target_domain"]
         if domain in generators:
             raise SystemExit(f"nnUNetv2_uda_translate: two models translate into {domain}; give one per domain")

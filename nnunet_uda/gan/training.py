@@ -92,10 +92,12 @@ def train_cyclegan(data: UnpairedSlices, settings: CycleGANSettings, output: Pat
 
 
 def load_generator(path: Path, device: str = "cpu") -> torch.nn.Module:
-    """The source-to-target generator of ``generator_final.pth``, in eval mode."""
+    """The source-to-target generator of ``generator_final.pth``, in eval mode; its ``input_normalization`` says
+    what images it takes: "harmonized" (the CycleGAN's, [-1, 1]) or "zscore" (CISFA's, nnU-Net's normalisation)."""
     state = torch.load(path, map_location=device, weights_only=False)
     generator = CycleGANSettings(**state["settings"]).build().g_target
     generator.load_state_dict(state["generator"])
+    generator.input_normalization = state.get("input", "harmonized")
     return generator.to(device).eval()
 
 

@@ -23,8 +23,12 @@ from nnunet_uda.intensity import harmonize
 def translate_volume(generator: torch.nn.Module, volume: np.ndarray, batch_size: int = 16,
                      device: torch.device | str = "cpu") -> np.ndarray:
     """(Z, Y, X) harmonised volume in [-1, 1] to its translation, slice by slice along Z, in
-    batches of ``batch_size`` slices; float32 in [-1, 1]."""
-    slices = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).unsqueeze(1)
+    batches of ``batch_size`` slices; float32 in [-1, 1]. A generator trained on nnU-Net's z-scored
+    images (``input_normalization`` "zscore", CISFA's) gets the volume z-scored first."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if getattr(generator, "input_normalization", "harmonized") == "zscore":
+        volume = (volume - volume.mean()) / max(float(volume.std()), 1e-8)
+    slices = torch.from_numpy(np.ascontiguousarray(volume)).unsqueeze(1)
     out = [generator(batch.to(device)).cpu() for batch in slices.split(batch_size)]
     return torch.cat(out)[:, 0].numpy()
 

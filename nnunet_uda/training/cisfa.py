@@ -1,0 +1,293 @@
+"""nnUNetTrainerCISFA: contrastive image synthesis and self-supervised feature adaptation (Hu et al., WACV 2023).
+
+The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> D_g and D_s:
+
+1. G (eq. 4): fool D_g with G(x_a), plus L_pcl (eqs. 2-3) between x_a and G(x_a) at five generator layers,
+   patches weighted by y_a (w = 2);
+2. Seg (eq. 6) on G's fresh output: nnU-Net's Dice + CE of Seg(G(x_a)) against y_a under deep supervision (for
+   the paper's Dice term), + L_gcl (eq. 5) between Seg's pooled bottleneck features of x_a and of G(x_a),
+   + fool D_s with softmax(Seg(G(x_a)));
+3. D_g (eq. 1): real target slices x_b against G(x_a); D_s (eq. 7): softmax(Seg(x_b)) against
+   softmax(Seg(G(x_a))), both from the fresh Seg.
+
+- data: the base trainer's mixed batches, target cases first, labeled source cases last;
+- dimensionality: G and D_g work on 2D images: in ``2d`` the patches, in ``3d_fullres`` the axial slices of the
+  3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
+  patches (a 3D PatchGAN in ``3d_fullres``);
+- intensities: nnU-Net's patches are z-scored per image; G's tanh output is z-scored per translated patch, as
+  nnU-Net would normalise a translated image, before Seg, D_g and the patch contrast see it;
+- optimisers: Adam 2e-4, (0.5, 0.999), constant, for G with its patch heads, D_g and D_s (the paper's); Seg
+  with its global head keeps nnU-Net's SGD and poly schedule; the GAN losses are the paper's log losses
+  (non-saturating for the players);
+- every network, head and optimiser is in the checkpoint; at the end ``generator_final.pth`` is written in
+  the CycleGAN's format for ``nnUNetv2_uda_translate``; previews of source, translation, target and labels
+  each epoch (``cisfa_preview.png``).
+
+Variants: Table 1's unweighted patch contrast, Table 3's rows. Details and measurements: docs/methods/cisfa.md.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_uda.gan.losses import adversarial_loss, discriminator_loss
+from nnunet_uda.gan.networks import PatchDiscriminator, ResnetGenerator, init_weights
+from nnunet_uda.gan.training import FINAL, CycleGANSettings, save_atomically
+from nnunet_uda.losses.patch_nce import global_contrast, layered_patch_nce
+from nnunet_uda.nn.projection import ProjectionHead
+from nnunet_uda.training.base import nnUNetTrainerUDA
+
+
+def discriminator_depth(size: int) -> int:
+    """PatchGAN layers a side of ``size`` pixels supports: 3 (70-pixel patches) from 24, 2 from 12, else 1."""
+    return 3 if size >= 24 else 2 if size >= 12 else 1
+
+
+def zscore(x: torch.Tensor) -> torch.Tensor:
+    """Each sample of ``x`` (B, C, *s) to zero mean and unit variance, as nnU-Net's ZScoreNormalization."""
+    dims = tuple(range(1, x.ndim))
+    return (x - x.mean(dims, keepdim=True)) / x.std(dims, keepdim=True).clamp_min(1e-8)
+
+
+class nnUNetTrainerCISFA(nnUNetTrainerUDA):
+    use_conditional_norm = False
+    #: the generator (the paper's ResNet generator: 64 filters, 9 residual blocks)
+    generator_width = 64
+    generator_blocks = 9
+    #: eq. 2-4: weight w of foreground patches (1: unweighted), temperature, patches per layer, head size
+    patch_weight = 2.0
+    patch_tau = 0.2
+    patches_per_layer = 256
+    patch_dim = 128
+    #: eq. 5: temperature and head size
+    global_tau = 0.2
+    global_dim = 128
+    #: Table 3: which contrast terms, and L_gcl stepped before the rest of Seg's loss ("sequential")
+    use_pcl = True
+    use_gcl = True
+    sequential_gcl = False
+    gan_lr = 2e-4
+    gan_betas = (0.5, 0.999)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.n_target = 0  # target samples at the start of every batch (batch_pools)
+        self._preview = None
+
+    # ------------------------------------------------------------------ networks
+    def configure_optimizers(self):
+        """G, D_g, D_s and the heads are built here, beside nnU-Net's segmenter and its optimiser; the global head
+        joins the segmenter's optimiser."""
+        optimizer, scheduler = super().configure_optimizers()
+        patch = self.configuration_manager.patch_size
+        self.slice_axis = None if len(patch) == 2 else list(self.plans_manager.transpose_forward).index(0)
+        slice_size = [s for i, s in enumerate(patch) if i != self.slice_axis]
+        classes = self.label_manager.num_segmentation_heads
+        self.generator = ResnetGenerator(self.num_input_channels, self.num_input_channels, self.generator_width,
+                                         self.generator_blocks)
+        self.d_image = PatchDiscriminator(self.num_input_channels, n_layers=discriminator_depth(min(slice_size)))
+        self.d_seg = PatchDiscriminator(classes, n_layers=discriminator_depth(min(patch)), dims=len(patch))
+        for network in (self.generator, self.d_image, self.d_seg):
+            init_weights(network)
+        with torch.no_grad():
+            channels = [f.shape[1] for f in self.generator.encode(torch.zeros(1, self.num_input_channels, 16, 16))]
+        self.patch_heads = torch.nn.ModuleList(ProjectionHead(c, self.patch_dim, hidden=self.patch_dim)
+                                               for c in channels)
+        bottleneck = self.configuration_manager.network_arch_init_kwargs["features_per_stage"][-1]
+        self.global_head = ProjectionHead(bottleneck, self.global_dim, hidden=2 * self.global_dim)
+        for module in (self.generator, self.d_image, self.d_seg, self.patch_heads, self.global_head):
+            module.to(self.device)
+        optimizer.add_param_group({"params": list(self.global_head.parameters())})
+        adam = dict(lr=self.gan_lr, betas=self.gan_betas)
+        self.optimizer_g = torch.optim.Adam([*self.generator.parameters(), *self.patch_heads.parameters()], **adam)
+        self.optimizer_d = torch.optim.Adam([*self.d_image.parameters(), *self.d_seg.parameters()], **adam)
+        for name, obj in (("generator", self.generator), ("d_image", self.d_image), ("d_seg", self.d_seg),
+                          ("patch_heads", self.patch_heads), ("global_head", self.global_head),
+                          ("optimizer_g", self.optimizer_g), ("optimizer_d", self.optimizer_d)):
+            self.register_state(name, obj)
+        return optimizer, scheduler
+
+    def initialize(self):
+        super().initialize()
+        if self.is_ddp:
+            raise RuntimeError(f"{self.__class__.__name__} does not run under DDP yet (its generator and discriminators "
+                               f"are not wrapped); train it on one GPU")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for module in (self.generator, self.d_image, self.d_seg, self.patch_heads, self.global_head):
+            module.train()
+
+    # ------------------------------------------------------------------ slices
+    def to_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, *s) patches to the (N, C, h, w) images G and D_g work on."""
+        if self.slice_axis is None:
+            return x
+        x = x.movedim(2 + self.slice_axis, 1)
+        return x.reshape(-1, *x.shape[2:])
+
+    def from_slices(self, slices: torch.Tensor, batch: int) -> torch.Tensor:
+        if self.slice_axis is None:
+            return slices
+        return slices.reshape(batch, -1, *slices.shape[1:]).movedim(1, 2 + self.slice_axis)
+
+    def translate(self, x: torch.Tensor) -> torch.Tensor:
+        """G(x) slice by slice, z-scored per patch (module docstring)."""
+        return zscore(self.from_slices(self.generator(self.to_slices(x)), x.shape[0]))
+
+    # ------------------------------------------------------------------ batches
+    def batch_pools(self, training_cases):
+        pools = super().batch_pools(training_cases)
+        if len(pools) != 2:
+            raise RuntimeError(f"{self.__class__.__name__} needs labeled source and unlabeled target training cases in "
+                               f"fold {self.fold}; see docs/datasets.md")
+        self.n_target = pools[0][1]
+        return pools
+
+    # ------------------------------------------------------------------ one iteration (section 3.4)
+    def train_step(self, batch: dict) -> dict:
+        data, target = self._to_device(batch)
+        t, keys = self.n_target, batch["keys"]
+        x_b, x_a, labels = data[:t], data[t:], [y[t:] for y in target]
+        annotated = self.batch_annotations(keys[t:])
+        with self.autocast():
+            loss_g = self.generator_loss(x_a, labels[0])
+        self.optimizer_g.zero_grad(set_to_none=True)
+        self.optimizer_step(loss_g, self.optimizer_g, [])
+        with torch.no_grad(), self.autocast():
+            fake = self.translate(x_a)  # G's fresh output
+        if self.sequential_gcl and self.use_gcl:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss_gcl = self.global_loss(x_a, fake)
+            self.optimizer_step(loss_gcl, self.optimizer, self.clipping_groups())
+        with self.autocast():
+            loss_seg = self.segmenter_loss(x_a, fake, labels, annotated)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step(loss_seg, self.optimizer, self.clipping_groups())
+        with self.autocast():
+            loss_d = self.discriminator_losses(x_b, fake)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        self.optimizer_step(loss_d, self.optimizer_d, [])
+        self.counters.values["iterations"] += 1
+        self._preview = (x_a[:1].detach(), fake[:1].detach(), x_b[:1].detach(), labels[0][:1].detach())
+        return {"loss": loss_seg.detach().cpu().numpy()}
+
+    def generator_loss(self, x_a: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: fool D_g, plus the weighted patch contrast between x_a and G(x_a)."""
+        source = self.to_slices(x_a)
+        fake = self.to_slices(self.translate(x_a))
+        terms = {"g_gan": adversarial_loss(self.d_image(fake), True)}
+        if self.use_pcl:
+            terms["pcl"] = layered_patch_nce(
+                self.generator.encode(source), self.generator.encode(fake), self.patch_heads, self.to_slices(labels),
+                self.patches_per_layer, self.patch_weight, self.patch_tau, self.label_manager.ignore_label)
+        return self._logged(terms)
+
+    def global_loss(self, x_a: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 on the pooled bottleneck features of x_a and G(x_a) through the global head."""
+        pooled = self.global_features(self.network(torch.cat((x_a, fake)), return_features=True).encoder[-1])
+        return self._logged({"gcl": global_contrast(*pooled.chunk(2), self.global_tau)})
+
+    def global_features(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        """The global head on average-pooled bottleneck features: one vector per image in ``2d``; in ``3d_fullres``
+        one per slab of the bottleneck along the slice axis (a batch of two 3D patches would hold one pair and no
+        negative; slabs give eq. 5 several pairs per case), in sample order."""
+        if self.slice_axis is None:
+            return self.global_head(bottleneck.flatten(2).mean(-1))
+        slabs = bottleneck.movedim(2 + self.slice_axis, 1)
+        return self.global_head(slabs.flatten(3).mean(-1).flatten(0, 1))
+
+    def segmenter_loss(self, x_a, fake, labels, annotated) -> torch.Tensor:
+        """Eq. 6: supervised on G(x_a), L_gcl (unless stepped before), fool D_s with softmax(Seg(G(x_a)))."""
+        batch = torch.cat((fake, x_a)) if self.use_gcl and not self.sequential_gcl else fake
+        output = self.network(batch, return_features=True)
+        logits = output.logits if isinstance(output.logits, list) else [output.logits]
+        n = fake.shape[0]
+        terms = {"sup": self.supervised_loss([x[:n] for x in logits], labels, annotated),
+                 "s_gan": adversarial_loss(self.d_seg(torch.softmax(logits[0][:n].float(), 1)), True)}
+        if self.use_gcl and not self.sequential_gcl:
+            pooled = self.global_features(output.encoder[-1])
+            half = pooled.shape[0] // 2
+            terms["gcl"] = global_contrast(pooled[half:], pooled[:half], self.global_tau)
+        return self._logged(terms)
+
+    def discriminator_losses(self, x_b: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """Eqs. 1 and 7 on fresh outputs: D_g real target slices against G(x_a), D_s softmax(Seg(x_b)) against
+        softmax(Seg(G(x_a))); neither reaches G or Seg."""
+        with torch.no_grad():
+            maps = torch.softmax(self._logits(self.network(torch.cat((x_b, fake)))).float(), 1)
+        t = x_b.shape[0]
+        return self._logged({"d_image": discriminator_loss(self.d_image, self.to_slices(x_b), self.to_slices(fake)),
+                             "d_seg": discriminator_loss(self.d_seg, maps[:t], maps[t:])})
+
+    @staticmethod
+    def _logits(output):
+        return output[0] if isinstance(output, (list, tuple)) else output
+
+    def _logged(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        for name, value in terms.items():
+            self.log_scalar(f"l_{name}", value)
+        return sum(terms.values())
+
+    # ------------------------------------------------------------------ outputs
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        if self.local_rank == 0 and self._preview is not None:
+            self.write_preview(self.output_folder + "/cisfa_preview.png")
+
+    def write_preview(self, path: str) -> None:
+        """The middle slice of the last batch's first source case, its translation, a target case, the labels."""
+        from matplotlib.figure import Figure
+
+        images = [self.to_slices(x.float())[0 if self.slice_axis is None else x.shape[2 + self.slice_axis] // 2]
+                  for x in self._preview]
+        figure = Figure(figsize=(8.8, 2.4))
+        titles = ("source", "translation", "target", "labels on translation")
+        for i, (title, image) in enumerate(zip(titles, images)):
+            ax = figure.add_subplot(1, 4, i + 1)
+            ax.imshow((images[1] if i == 3 else image)[0].cpu().numpy(), cmap="gray")
+            if i == 3:
+                label = image[0].cpu().numpy()
+                ax.imshow(np.ma.masked_less_equal(label, 0), cmap="tab10", alpha=0.5, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        figure.tight_layout()
+        figure.savefig(path, dpi=90)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            settings = CycleGANSettings(width=self.generator_width, n_blocks=self.generator_blocks)
+            folder = Path(self.output_folder)
+            save_atomically({"settings": asdict(settings), "generator": self.generator.state_dict(),
+                             "input": "zscore"}, folder / FINAL)
+            table = self.domain_table
+            (folder / "translation.json").write_text(json.dumps(
+                {"source_domain": table.source[0], "target_domain": table.target[0], "trainer": type(self).__name__},
+                indent=2) + "\n")
+
+
+class nnUNetTrainerCISFA_noWeight(nnUNetTrainerCISFA):
+    """Table 1, CISFA (no weight): unweighted patch contrast."""
+    patch_weight = 1.0
+
+
+class nnUNetTrainerCISFA_noPCL(nnUNetTrainerCISFA):
+    """Table 3: without the patch contrast."""
+    use_pcl = False
+
+
+class nnUNetTrainerCISFA_noGCL(nnUNetTrainerCISFA):
+    """Table 3: without the global contrast."""
+    use_gcl = False
+
+
+class nnUNetTrainerCISFA_Sequential(nnUNetTrainerCISFA):
+    """Table 3, "sequential": the encoder stepped on L_gcl before the rest of Seg's loss, every iteration."""
+    sequential_gcl = True

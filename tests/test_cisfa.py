@@ -1,0 +1,127 @@
+"""nnUNetTrainerCISFA in nnU-Net: real nnUNetv2_train runs in 3d_fullres (with --c) and 2d, nnUNetv2_predict, the
+generator handed to nnUNetv2_uda_translate; gradient isolation of the discriminators, the sign of D_s's term, the
+patch heads stepped, the checkpoint restoring every network and optimiser."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import changed, tiny_phantom, train_tiny
+
+DATASET = 955
+TRAINER = "nnUNetTrainerCISFA"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """CT labeled, MRI unlabeled, planned in 3d_fullres and 2d."""
+    return tiny_phantom(tmp_path_factory.mktemp("cisfa"), DATASET, ("--n_source", "5", "--n_target", "2"),
+                        configurations=("3d_fullres", "2d"))
+
+
+@pytest.fixture(scope="module")
+def cisfa_run(phantom):
+    return train_tiny(phantom, TRAINER)
+
+
+def test_training_logs_every_term_resumes_and_writes_its_generator(cisfa_run):
+    from nnunet_uda.gan.training import load_generator
+
+    checkpoint = torch.load(cisfa_run["results"] / "checkpoint_final.pth", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
+    for name in ("l_g_gan", "l_pcl", "l_sup", "l_s_gan", "l_gcl", "l_d_image", "l_d_seg"):
+        assert len(checkpoint["logging"][name]) == 2 and all(map(math.isfinite, checkpoint["logging"][name])), name
+    assert set(cisfa_run["first"]["uda_state"]) == {"counters", "generator", "d_image", "d_seg", "patch_heads",
+                                                    "global_head", "optimizer_g", "optimizer_d"}
+    assert len(list(cisfa_run["predictions"].rglob("*.nii.gz"))) == 3  # one test case per domain
+    generator = load_generator(cisfa_run["results"] / "generator_final.pth")
+    assert generator.input_normalization == "zscore"
+    assert json.loads((cisfa_run["results"] / "translation.json").read_text())["source_domain"] == "CT"
+    assert (cisfa_run["results"] / "cisfa_preview.png").stat().st_size > 5_000
+
+
+def test_checkpoint_restores_every_network_and_optimizer(cisfa_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    trainer.load_checkpoint(cisfa_run["first"])
+    saved = cisfa_run["first"]["uda_state"]
+    for name in ("generator", "d_image", "d_seg", "patch_heads", "global_head"):
+        state = getattr(trainer, name).state_dict()
+        assert all(torch.equal(v, saved[name][k]) for k, v in state.items()), name
+    moments = trainer.optimizer_g.state_dict()["state"]
+    assert moments and all(torch.equal(v["exp_avg"], saved["optimizer_g"]["state"][k]["exp_avg"])
+                           for k, v in moments.items())
+
+
+def one_batch(trainer):
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    data, target = trainer._to_device(next(trainer.dataloader_train))
+    t = trainer.n_target
+    return data[:t], data[t:], [y[t:] for y in target]
+
+
+def test_discriminator_losses_reach_neither_generator_nor_segmenter(cisfa_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    torch.manual_seed(0)
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    x_b, x_a, _ = one_batch(trainer)
+    with torch.no_grad():
+        fake = trainer.translate(x_a)
+    trainer.discriminator_losses(x_b, fake).backward()
+    assert all(p.grad is None for p in (*trainer.generator.parameters(), *trainer.network.parameters()))
+    assert all(p.grad is not None for p in (*trainer.d_image.parameters(), *trainer.d_seg.parameters()))
+
+
+def test_the_segmentation_adversarial_term_makes_translations_look_like_target_to_d_s(cisfa_run, build_trainer):
+    """One segmenter step on its D_s term alone raises D_s's "target" logit on softmax(Seg(G(x_a)))."""
+    from nnunet_uda.gan.losses import adversarial_loss
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    torch.manual_seed(1)
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    trainer.load_checkpoint(cisfa_run["first"])
+    _, x_a, _ = one_batch(trainer)
+    with torch.no_grad():
+        fake = trainer.translate(x_a)
+
+    def realness():
+        return trainer.d_seg(torch.softmax(trainer._logits(trainer.network(fake)), 1)).mean()
+
+    before = realness().item()
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 0.1
+    trainer.optimizer.zero_grad(set_to_none=True)
+    adversarial_loss(trainer.d_seg(torch.softmax(trainer._logits(trainer.network(fake)), 1)), True).backward()
+    trainer.optimizer.step()
+    assert realness().item() > before
+
+
+def test_the_generator_step_trains_the_patch_heads(cisfa_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    torch.manual_seed(2)
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    _, x_a, labels = one_batch(trainer)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (trainer.patch_heads, trainer.generator)]
+    trainer.optimizer_g.zero_grad(set_to_none=True)
+    trainer.optimizer_step(trainer.generator_loss(x_a, labels[0]), trainer.optimizer_g, [])
+    assert changed(before[0], trainer.patch_heads) and changed(before[1], trainer.generator)
+
+
+def test_2d_configuration_trains_and_predicts(phantom):
+    run = train_tiny(phantom, TRAINER, resume=False, configuration="2d")
+    checkpoint = torch.load(run["results"] / "checkpoint_final.pth", weights_only=False)
+    assert all(map(math.isfinite, checkpoint["logging"]["l_pcl"] + checkpoint["logging"]["l_gcl"]))
+    assert len(list(run["predictions"].rglob("*.nii.gz"))) == 3
+
+
+def test_translate_takes_the_cisfa_generator(cisfa_run):
+    from nnunet_uda.pipeline import command
+
+    cisfa_run["run"]("translate", command("nnUNetv2_uda_translate"), "-d", str(DATASET), "-o", "956",
+                     "-m", str(cisfa_run["results"]))
+    translated = next((cisfa_run["work"] / "nnUNet_raw").glob("Dataset956_*"))
+    assert len(list((translated / "imagesTr").glob("*.nii.gz"))) >= 5
