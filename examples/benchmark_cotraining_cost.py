@@ -13,7 +13,6 @@ Results: docs/methods/dvcl.md#cost, docs/methods/dacl.md#cost.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -21,51 +20,12 @@ from pathlib import Path
 
 import torch
 
+from nnunet_uda.benchmarking import build_trainer, time_train_steps
 from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom
-from nnunet_uda.planning import DEFAULT_PLANS
 
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL",
             "nnUNetTrainerDACL_CPS", "nnUNetTrainerDACL")
 BANK_SIZES = (100, 1000, 10000)
-
-
-def build(name: str, preprocessed: Path, device: torch.device, **attributes):
-    """The trainer ``name`` (a subclass with ``attributes`` set, if any), initialised on ``device``."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    from nnunet_uda.training import TRAINERS as PLUGIN
-
-    trainer_class = PLUGIN.get(name) or nnUNetTrainer
-    if attributes:
-        trainer_class = type(name, (trainer_class,), attributes)
-    plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
-    plans["continue_training"] = False
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=device)
-    trainer.initialize()
-    trainer.on_train_start = None
-    return trainer
-
-
-def time_steps(trainer, batch: dict, warmup: int, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of ``train_step`` on ``batch``, and the peak GPU memory in MB (None on the CPU)."""
-    trainer.network.train()
-    for module in getattr(trainer, "partner_modules", lambda: [])():
-        module.train()
-    cuda = trainer.device.type == "cuda"
-    times = []
-    for i in range(warmup + repeats):
-        if cuda:
-            torch.cuda.synchronize()
-            if i == warmup:
-                torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        trainer.train_step(batch)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
 
 
 def time_dacl_bank(preprocessed: Path, device, batch: dict, size: int, warmup: int, repeats: int):
@@ -73,7 +33,7 @@ def time_dacl_bank(preprocessed: Path, device, batch: dict, size: int, warmup: i
     step spent in the density computation (eqs. 3-5)."""
     import nnunet_uda.losses.dacl as dacl
 
-    trainer = build("nnUNetTrainerDACL", preprocessed, device, bank_size=size)
+    trainer = build_trainer("nnUNetTrainerDACL", preprocessed, device, bank_size=size)
     trainer.n_unlabeled = 1
     bank = trainer.contrast.bank.to(device)
     bank.features.normal_()
@@ -92,7 +52,7 @@ def time_dacl_bank(preprocessed: Path, device, batch: dict, size: int, warmup: i
 
     dacl.knn_density = timed
     try:
-        seconds, _ = time_steps(trainer, batch, warmup, repeats)
+        seconds, _ = time_train_steps(trainer, batch, warmup, repeats)
     finally:
         dacl.knn_density = density
     return seconds, statistics.median(spent[warmup:]) / seconds
@@ -118,16 +78,16 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     batch, rows = None, []
     for name in TRAINERS:
-        trainer = build(name, preprocessed, device)
+        trainer = build_trainer(name, preprocessed, device)
         if batch is None:  # one batch for all: a CPS batch (unlabeled first, labeled last)
-            loader = build("nnUNetTrainerCPS", preprocessed, device).get_dataloaders()[0]
+            loader = build_trainer("nnUNetTrainerCPS", preprocessed, device).get_dataloaders()[0]
             batch = next(loader)
         trainer.n_unlabeled = 1  # the CPS batch's layout, for every co-training trainer
-        seconds, memory = time_steps(trainer, batch, args.warmup, args.repeats)
-        rows.append((name, seconds, memory))
+        seconds, memory = time_train_steps(trainer, batch, args.warmup, args.repeats)
+        rows.append((name, seconds, memory if device.type == "cuda" else None))
         print(f"{name}: {seconds:.3f} s per iteration", flush=True)
     vanilla = rows[0][1]
-    patch = build("nnUNetTrainer", preprocessed, device).configuration_manager.patch_size
+    patch = build_trainer("nnUNetTrainer", preprocessed, device).configuration_manager.patch_size
     lines = [f"One iteration on {args.device}, patch {list(patch)}, batch {len(batch['keys'])} "
              f"(median of {args.repeats} after {args.warmup} warm-up):", "",
              "| trainer | s per iteration | ratio to vanilla | peak GPU MB |", "|---|---|---|---|"]

@@ -145,12 +145,13 @@ class PhantomSettings:
 
 
 def prepare_phantom(run: Runner, dataset_id: int, phantom: PhantomSettings, folds: int = 5,
-                    batch_size: int = 2) -> Path:
-    """``nnUNetv2_uda_phantom`` and ``nnUNetv2_uda_plan_and_preprocess``; returns the raw folder."""
+                    batch_size: int = 2, configurations: Sequence[str] = ("3d_fullres",)) -> Path:
+    """``nnUNetv2_uda_phantom`` and ``nnUNetv2_uda_plan_and_preprocess`` (of ``configurations``); returns the
+    raw folder."""
     d = str(dataset_id)
     run("phantom", command("nnUNetv2_uda_phantom"), "-d", d, *phantom.arguments(), "--overwrite")
     run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", d, "-bs", str(batch_size),
-        "-folds", str(folds))
+        "-folds", str(folds), "-c", *configurations)
     return Path(run.env["nnUNet_raw"]) / dataset_folder_name(dataset_id, "UDAPhantom")
 
 

@@ -1,0 +1,56 @@
+"""Timing training iterations for the cost benchmarks (``examples/benchmark_*_cost.py``): a trainer built as
+``nnUNetv2_train`` builds it, in this process, and the median time of its ``train_step`` on fixed batches, so data
+loading is left out."""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from nnunet_uda.planning import DEFAULT_PLANS
+
+
+def build_trainer(name: str, preprocessed: Path, device: torch.device, configuration: str = "3d_fullres",
+                  fold: int | str = 0, **attributes):
+    """The plugin trainer ``name`` (or nnU-Net's ``nnUNetTrainer``), a subclass with ``attributes`` set if any,
+    initialised on ``device`` from the dataset's preprocessed folder (``nnUNet_preprocessed`` and
+    ``nnUNet_results`` must be set in the environment)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_uda.training import TRAINERS
+
+    trainer_class = TRAINERS.get(name) or nnUNetTrainer
+    if attributes:
+        trainer_class = type(name, (trainer_class,), attributes)
+    plans = json.loads((Path(preprocessed) / f"{DEFAULT_PLANS}.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((Path(preprocessed) / "dataset.json").read_text())
+    trainer = trainer_class(plans, configuration, fold, dataset_json, device=device)
+    trainer.initialize()
+    return trainer
+
+
+def time_train_steps(trainer, batch: dict, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``train_step`` on ``batch`` after ``warmup`` steps, and the peak memory in MB: the GPU
+    allocator's peak during the timed steps on CUDA, else the process's peak resident memory (which never goes
+    down: measure one trainer per process)."""
+    trainer.on_train_epoch_start()  # every network in training mode
+    cuda = trainer.device.type == "cuda"
+    times = []
+    for i in range(warmup + repeats):
+        if cuda:
+            torch.cuda.synchronize()
+            if i == warmup:
+                torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.train_step(batch)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return statistics.median(times), peak / 2 ** 20
