@@ -1,20 +1,23 @@
 """Semi-supervised benchmark on the phantom: the floor, a method's Table 2 rows and the ceiling.
 
-For each labeled fraction (DVCL's 10 % and 20 %, DACL's 5 % and 10 % by default): a CT-only phantom with that fraction of its training cases
-labeled (``nnUNetv2_uda_phantom --semi_supervised``), and its fully labeled twin (same images, every label).
-Trained with nnU-Net's commands on fold ``all`` (every labeled case; the test set scores):
+For each labeled fraction (DVCL's 10 % and 20 %, DACL's 5 % and 10 % by default): a CT-only phantom with that
+fraction of its training cases labeled (``nnUNetv2_uda_phantom --semi_supervised``), and its fully labeled twin
+(same images, every label). Trained with nnU-Net's commands on fold ``all`` (every labeled case; the test set
+scores):
 
 - floor: ``nnUNetTrainerLabeledOnly`` on the labeled cases alone;
-- ``--method dvcl``: ``nnUNetTrainerCPS``, ``nnUNetTrainerDVCL_HqCL``, ``nnUNetTrainerDVCL_noNPS_noQDS``,
-  ``nnUNetTrainerDVCL_noQDS``, ``nnUNetTrainerDVCL`` (DVCL Table 2, rows I-V);
+- ``--method dvcl``: ``nnUNetTrainerCPS_noCPS`` (the batch split alone), ``nnUNetTrainerCPS``,
+  ``nnUNetTrainerDVCL_HqCL``, ``nnUNetTrainerDVCL_noNPS_noQDS``, ``nnUNetTrainerDVCL_noQDS``,
+  ``nnUNetTrainerDVCL`` (DVCL Table 2, rows I-V);
 - ``--method dacl``: ``nnUNetTrainerDACL_CPS``, ``_PCL``, ``_DA``, ``_MS``, ``_Bank``, ``nnUNetTrainerDACL`` (DACL
   Table 2, rows I-VI) and the alternatives ``_PrintedLoss``, ``_Region``, ``_PaperSGD``;
 - ceiling: ``nnUNetTrainerLabeledOnly`` on the fully labeled twin.
 
 Prints and writes ``summary.md``: mean Dice and NSD of the test set per trainer, the share of the floor-to-ceiling
 gap each closes, Dice per organ, and for trainers with a feature head the cluster scores of their projected voxel
-features on the test set (``nnUNetv2_uda_embeddings``: silhouette, Davies-Bouldin, V-measure; DACL's Fig. 1b). An interrupted run resumes (finished trainings are reused). Results:
-docs/methods/dvcl.md#measured, docs/methods/dacl.md#measured.
+features on the test set (``nnUNetv2_uda_embeddings``: silhouette, Davies-Bouldin, V-measure; DACL's Fig. 1b).
+An interrupted run resumes (finished trainings are reused). Results: docs/methods/dvcl.md#measured,
+docs/methods/dacl.md#measured.
 
     python examples/benchmark_semi_supervised.py --work benchmark_output/semi_supervised
     python examples/benchmark_semi_supervised.py --method dacl --work benchmark_output/semi_supervised
@@ -29,8 +32,8 @@ from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, comm
     nnunet_environment, prepare_phantom, train_and_evaluate
 
 FLOOR = "nnUNetTrainerLabeledOnly"
-ROWS = {"dvcl": ("nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL", "nnUNetTrainerDVCL_noNPS_noQDS",
-                 "nnUNetTrainerDVCL_noQDS", "nnUNetTrainerDVCL"),
+ROWS = {"dvcl": ("nnUNetTrainerCPS_noCPS", "nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL",
+                 "nnUNetTrainerDVCL_noNPS_noQDS", "nnUNetTrainerDVCL_noQDS", "nnUNetTrainerDVCL"),
         "dacl": ("nnUNetTrainerDACL_CPS", "nnUNetTrainerDACL_PCL", "nnUNetTrainerDACL_DA", "nnUNetTrainerDACL_MS",
                  "nnUNetTrainerDACL_Bank", "nnUNetTrainerDACL", "nnUNetTrainerDACL_PrintedLoss",
                  "nnUNetTrainerDACL_Region", "nnUNetTrainerDACL_PaperSGD")}

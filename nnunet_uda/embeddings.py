@@ -83,7 +83,8 @@ def central_patch(data: np.ndarray, patch_size, fill: float = 0.0) -> np.ndarray
     return out
 
 
-def collect_organ_embeddings(model_folder: Path, preprocessed_folder: Path, fold: int | str = 0, cases_per_domain: int = 10,
+def collect_organ_embeddings(model_folder: Path, preprocessed_folder: Path, fold: int | str = 0,
+                             cases_per_domain: int = 10,
                              patch_size=None, checkpoint: str = "checkpoint_final.pth") -> OrganEmbeddings:
     """PGPS organ cuboids of up to ``cases_per_domain`` preprocessed training cases per domain.
     ``model_folder`` is nnU-Net's ``<trainer>__<plans>__<configuration>`` results folder."""

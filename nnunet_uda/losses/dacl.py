@@ -205,7 +205,8 @@ class DensityAwareContrast:
                  generator: torch.Generator | None) -> None:
         """Push ``bank_push`` random valid candidates per class with their densities (FIFO)."""
         index, chosen = extreme(uniform(valid.shape, generator, valid.device), valid, self.bank_push, True)
-        rows = torch.cat((batch.detach().float().gather(1, _rows(index, batch)), density.gather(1, index)[..., None]), -1)
+        features = batch.detach().float().gather(1, _rows(index, batch))
+        rows = torch.cat((features, density.gather(1, index)[..., None]), -1)
         classes = torch.arange(self.num_classes, device=valid.device)[:, None].expand_as(chosen)
         self.bank.push(rows[chosen], classes[chosen])
 

@@ -181,3 +181,10 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         """A method's own terms, name -> (weight, value), from both networks' outputs; ``labels`` (B_l, 1, *s)
         the labeled cases' full-resolution label maps; samples ``[:n_unlabeled]`` are the unlabeled ones."""
         return {}
+
+
+class nnUNetTrainerCPS_noCPS(nnUNetTrainerCPS):
+    """The co-training batch without cross supervision (lambda_u = 0): both networks supervised on the labeled half
+    of each batch only. Against ``nnUNetTrainerLabeledOnly`` it measures what splitting the batch costs, against
+    ``nnUNetTrainerCPS`` what L_cps brings (docs/methods/dvcl.md#measured)."""
+    cps_weight = 0.0
