@@ -12,7 +12,8 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
   (``network_weights``); network B, the projection heads and every method's banks and queues are kept in
   the checkpoint (``uda_state``) and restored by ``--c``;
 - L_sup (eq. 1): (Dice + CE) / 2 of each network on the labeled cases under nnU-Net's deep supervision, the
-  two networks' terms summed;
+  two networks' terms summed (``supervised_weight`` 1/2; under nnU-Net's SGD this halves the supervised step
+  against nnU-Net's own training, which ``nnUNetTrainerCPS_nnUNetScale`` undoes);
 - L_cps (eq. 2): CE of each network against the other's detached argmax on the unlabeled cases, at full
   resolution (:func:`~nnunet_uda.losses.cross_pseudo.cross_pseudo_supervision`);
 - lambda_u(t) = ``cps_weight`` x exp(-5 (1 - t / T)^2), t the iterations done, T the whole training (the
@@ -77,6 +78,8 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     #: lambda_u's maximum (DVCL eq. 3: 0.1), reached by the ramp-up, or held throughout without it
     cps_weight = 0.1
     cps_rampup = True
+    #: each network's weight on nnU-Net's Dice + CE (eq. 1: 1/2; nnU-Net's own training: 1)
+    supervised_weight = 0.5
     #: output size of the projection heads; None: no heads (CPS)
     projection_dim: int | None = None
     #: decoder stage the heads read (0: the highest resolution)
@@ -163,11 +166,11 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         u = self.n_unlabeled
         labeled = [t[u:] for t in target]
         annotated = self.batch_annotations(keys[u:])
-        losses = {"sup": 0.5 * (self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
-                                + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated)),
+        losses = {"sup": self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
+                  + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated),
                   "cps": cross_pseudo_supervision(a.logits[0][:u], b.logits[0][:u])}
         ramp = sigmoid_rampup(self.progress, 1.0) if self.cps_rampup else 1.0
-        weights = {"sup": 1.0, "cps": self.cps_weight * ramp}
+        weights = {"sup": self.supervised_weight, "cps": self.cps_weight * ramp}
         for name, (weight, value) in self.method_losses(a, b, labeled[0], u).items():
             losses[name], weights[name] = value, weight
         for name, value in losses.items():
@@ -188,3 +191,9 @@ class nnUNetTrainerCPS_noCPS(nnUNetTrainerCPS):
     of each batch only. Against ``nnUNetTrainerLabeledOnly`` it measures what splitting the batch costs, against
     ``nnUNetTrainerCPS`` what L_cps brings (docs/methods/dvcl.md#measured)."""
     cps_weight = 0.0
+
+
+class nnUNetTrainerCPS_nnUNetScale(nnUNetTrainerCPS):
+    """CPS with each network's Dice + CE at nnU-Net's scale (weight 1, not eq. 1's 1/2): the supervised step of
+    ``nnUNetTrainerLabeledOnly`` under the same SGD (docs/methods/dvcl.md#measured)."""
+    supervised_weight = 1.0
