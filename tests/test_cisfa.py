@@ -37,7 +37,8 @@ def test_training_logs_every_term_resumes_and_writes_its_generator(cisfa_run):
     assert len(list(cisfa_run["predictions"].rglob("*.nii.gz"))) == 3  # one test case per domain
     generator = load_generator(cisfa_run["results"] / "generator_final.pth")
     assert generator.input_normalization == "zscore"
-    assert json.loads((cisfa_run["results"] / "translation.json").read_text())["source_domain"] == "CT"
+    translation = json.loads((cisfa_run["results"] / "translation.json").read_text())
+    assert (translation["source_domain"], translation["target_domain"]) == ("CT", "T1")
     assert (cisfa_run["results"] / "cisfa_preview.png").stat().st_size > 5_000
 
 
@@ -53,6 +54,21 @@ def test_checkpoint_restores_every_network_and_optimizer(cisfa_run, build_traine
     moments = trainer.optimizer_g.state_dict()["state"]
     assert moments and all(torch.equal(v["exp_avg"], saved["optimizer_g"]["state"][k]["exp_avg"])
                            for k, v in moments.items())
+
+
+def test_the_generator_translates_into_one_target_domain(cisfa_run, build_trainer, monkeypatch):
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    table, cases = trainer.domain_table, list(trainer.domain_table.cases)
+    (first, _), _ = trainer.batch_pools(cases)
+    monkeypatch.setenv("nnUNet_uda_target_domain", "T2")
+    (chosen, _), (source, _) = trainer.batch_pools(cases)
+    assert {table.entry(c).domain for c in first} == {"T1"} and {table.entry(c).domain for c in chosen} == {"T2"}
+    assert {table.entry(c).domain for c in source} == {"CT"}
+    monkeypatch.setenv("nnUNet_uda_target_domain", "CT")
+    with pytest.raises(RuntimeError, match="CT is not a target domain"):
+        trainer.batch_pools(cases)
 
 
 def one_batch(trainer):

@@ -10,7 +10,9 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
 3. D_g (eq. 1): real target slices x_b against G(x_a); D_s (eq. 7): softmax(Seg(x_b)) against
    softmax(Seg(G(x_a))), both from the fresh Seg.
 
-- data: the base trainer's mixed batches, target cases first, labeled source cases last;
+- data: the base trainer's mixed batches, target cases first, labeled source cases last; G translates into one
+  target domain (the paper's CT -> MRI): ``nnUNet_uda_target_domain`` if set, else the domain table's first
+  target; the cases of other target domains are not drawn;
 - dimensionality: G and D_g work on 2D images: in ``2d`` the patches, in ``3d_fullres`` the axial slices of the
   3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
   patches (a 3D PatchGAN in ``3d_fullres``);
@@ -28,6 +30,7 @@ Variants: Table 1's unweighted patch contrast, Table 3's rows. Details and measu
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +43,8 @@ from nnunet_uda.gan.training import FINAL, CycleGANSettings, save_atomically
 from nnunet_uda.losses.patch_nce import global_contrast, layered_patch_nce
 from nnunet_uda.nn.projection import ProjectionHead
 from nnunet_uda.training.base import nnUNetTrainerUDA
+
+TARGET_DOMAIN_ENV = "nnUNet_uda_target_domain"
 
 
 def discriminator_depth(size: int) -> int:
@@ -141,13 +146,31 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         return zscore(self.from_slices(self.generator(self.to_slices(x)), x.shape[0]))
 
     # ------------------------------------------------------------------ batches
+    @property
+    def target_domain(self) -> str:
+        """The domain G translates into: ``nnUNet_uda_target_domain`` if set, else the table's first target."""
+        targets = self.domain_table.target
+        domain = os.environ.get(TARGET_DOMAIN_ENV) or targets[0]
+        if domain not in targets:
+            raise RuntimeError(f"{TARGET_DOMAIN_ENV}={domain} is not a target domain of this dataset; its target "
+                               f"domains are {', '.join(targets)}")
+        return domain
+
     def batch_pools(self, training_cases):
         pools = super().batch_pools(training_cases)
         if len(pools) != 2:
             raise RuntimeError(f"{self.__class__.__name__} needs labeled source and unlabeled target training cases in "
                                f"fold {self.fold}; see docs/datasets.md")
-        self.n_target = pools[0][1]
-        return pools
+        (target, self.n_target), source = pools
+        kept = self.training_cases_of([self.target_domain], target)
+        if not kept:
+            raise RuntimeError(f"fold {self.fold} has no training case of the target domain {self.target_domain}; "
+                               f"choose another with {TARGET_DOMAIN_ENV}")
+        if len(kept) < len(target):
+            self.print_to_log_file(f"G translates into {self.target_domain}: the {len(target) - len(kept)} training "
+                                   f"cases of the other target domains are not drawn (choose the domain with "
+                                   f"{TARGET_DOMAIN_ENV})")
+        return [(kept, self.n_target), source]
 
     # ------------------------------------------------------------------ one iteration (section 3.4)
     def train_step(self, batch: dict) -> dict:
@@ -267,10 +290,9 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
             folder = Path(self.output_folder)
             save_atomically({"settings": asdict(settings), "generator": self.generator.state_dict(),
                              "input": "zscore"}, folder / FINAL)
-            table = self.domain_table
-            (folder / "translation.json").write_text(json.dumps(
-                {"source_domain": table.source[0], "target_domain": table.target[0], "trainer": type(self).__name__},
-                indent=2) + "\n")
+            translation = {"source_domain": self.domain_table.source[0], "target_domain": self.target_domain,
+                           "trainer": type(self).__name__}
+            (folder / "translation.json").write_text(json.dumps(translation, indent=2) + "\n")
 
 
 class nnUNetTrainerCISFA_noWeight(nnUNetTrainerCISFA):
