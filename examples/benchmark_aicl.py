@@ -37,8 +37,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
+from nnunet_uda.benchmarking import gap_closed, target_mean
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, initial_label_quality, nnunet_environment,
                                  prepare_phantom, train_and_evaluate)
 
@@ -69,10 +68,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def target_mean(means: dict, metric: str, organ: str = "average") -> float:
-    return float(np.mean([means[d][organ][metric] for d in TARGETS]))
-
-
 def tables(setting: str, rows: dict[str, dict], floor: float, ceiling: float) -> str:
     organs = [o for o in next(iter(rows.values()))["T1"] if o != "average"]
     head = ("| method | " + " | ".join(f"{d} Dice | {d} HD95" for d in TARGETS) + " | gap closed | "
@@ -80,11 +75,10 @@ def tables(setting: str, rows: dict[str, dict], floor: float, ceiling: float) ->
     lines = [f"**{setting}** (target domains; per-organ Dice averaged over T1 and T2)", "", head,
              "|" + "---|" * (2 + 2 * len(TARGETS) + len(organs))]
     for name, means in rows.items():
-        dice = target_mean(means, "dice")
-        closed = (dice - floor) / (ceiling - floor) if ceiling > floor else float("nan")
+        closed = gap_closed(target_mean(means, TARGETS), floor, ceiling)
         cells = [f"{means[d]['average']['dice']:.3f} | {means[d]['average']['hd95']:.1f}" for d in TARGETS]
-        organ_cells = [f"{target_mean(means, 'dice', o):.3f}" for o in organs]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {closed:+.0%} | " + " | ".join(organ_cells) + " |")
+        organ_cells = [f"{target_mean(means, TARGETS, organ=o):.3f}" for o in organs]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {closed} | " + " | ".join(organ_cells) + " |")
     return "\n".join(lines)
 
 
@@ -110,7 +104,7 @@ def main(argv=None) -> None:
                          f"--iterations and case counts, then this command again (finished trainings are reused)")
     gap = json.loads(gap_file.read_text())["results"]
     floor_name, ceiling_name = "source only (floor)", "supervised on target (ceiling)"
-    floor, ceiling = target_mean(gap[floor_name], "dice"), target_mean(gap[ceiling_name], "dice")
+    floor, ceiling = target_mean(gap[floor_name], TARGETS), target_mean(gap[ceiling_name], TARGETS)
     results = {kind: {floor_name: gap[floor_name], **rows, ceiling_name: gap[ceiling_name]}
                for kind, rows in measured.items()}
     settings = (f"phantom 24x24x24, {'unpaired' if args.unpaired else 'paired'}, partial labels, "

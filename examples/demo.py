@@ -91,9 +91,9 @@ def summary(means: dict[str, dict], initial: dict, on_ct: dict[str, float], args
     target = {t: np.mean([means[t][d]["average"]["dice"] for d in TARGETS]) for t in means}
     lines += ["", f"Mean target Dice: {FLOOR} {target[FLOOR]:.2f}, {args.trainer} {target[args.trainer]:.2f}.", "",
               f"- `{FLOOR}` saw the CT labels only: nnU-Net without adaptation. On its own CT validation cases it "
-              f"reaches Dice " + ", ".join(f"{o} {d:.2f}" for o, d in on_ct.items()) + ": where an organ is near 0 "
-              f"there too, the demo's training was too short for nnU-Net to learn it from the CT; elsewhere the "
-              f"zeros on MRI are the domain gap.",
+              "reaches Dice " + ", ".join(f"{o} {d:.2f}" for o, d in on_ct.items()) + ": where an organ is near 0 "
+              "there too, the demo's training was too short for nnU-Net to learn it from the CT; elsewhere the "
+              "zeros on MRI are the domain gap.",
               f"- `{args.trainer}` saw the CT labels and the MRI training images with their initial labels, and "
               f"learned per-modality norms and AICL's contrastive terms on top (docs/methods/aicl.md).",
               "- `demo.png`: a slice of one test case per MRI domain: the image, the truth, both predictions.", "",

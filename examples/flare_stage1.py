@@ -42,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
+from nnunet_uda.benchmarking import gap_closed, target_mean  # noqa: E402
 from nnunet_uda.data.raw import dataset_folder_name  # noqa: E402
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, final_checkpoint,  # noqa: E402
                                  nnunet_environment, prepare_phantom, self_training_round, train_and_evaluate)
@@ -100,22 +101,14 @@ def self_training(run: Runner, work: Path, round0: Path, round0_id: int, args) -
     return rows
 
 
-def gap_closed(dice: float, floor: float, ceiling: float | None) -> str:
-    return "n/a" if ceiling is None or ceiling <= floor else f"{(dice - floor) / (ceiling - floor):+.0%}"
-
-
-def target_mean(means: dict) -> float:
-    return float(np.mean([means[d]["average"]["dice"] for d in TARGETS]))
-
-
 def markdown(rows: dict[str, dict], ceiling: float | None, settings: str) -> str:
-    floor = target_mean(rows[FLOOR])
+    floor = target_mean(rows[FLOOR], TARGETS)
     lines = [settings, "", "| method | " + " | ".join(f"{d} Dice | {d} HD95" for d in TARGETS)
              + " | mean target Dice | gap closed |", "|" + "---|" * (3 + 2 * len(TARGETS))]
     for name, means in rows.items():
         cells = " | ".join(f"{means[d]['average']['dice']:.3f} | {means[d]['average']['hd95']:.1f}" for d in TARGETS)
-        lines.append(f"| {name} | {cells} | {target_mean(means):.3f} | "
-                     f"{gap_closed(target_mean(means), floor, ceiling)} |")
+        lines.append(f"| {name} | {cells} | {target_mean(means, TARGETS):.3f} | "
+                     f"{gap_closed(target_mean(means, TARGETS), floor, ceiling)} |")
     return "\n".join(lines)
 
 
@@ -230,7 +223,7 @@ def main(argv=None) -> dict:
     if args.gap:
         gap = json.loads(Path(args.gap).read_text())["results"]
         rows[CEILING] = gap[CEILING]
-        ceiling = target_mean(gap[CEILING])
+        ceiling = target_mean(gap[CEILING], TARGETS)
     settings = (f"phantom 24x24x24, {args.n_source} CT + {args.n_target} per target training cases; CycleGAN "
                 f"{args.gan_epochs} x {args.gan_iterations} iterations, width {args.gan_width}, {args.gan_blocks} "
                 f"blocks, from {args.n_gan_target} target cases; nnU-Net fold 0 (rounds: {args.folds} folds, "

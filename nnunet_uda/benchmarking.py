@@ -1,4 +1,5 @@
-"""Timing training iterations for the cost benchmarks (``examples/benchmark_*_cost.py``): a trainer built as
+"""Shared pieces of the benchmark scripts (``examples/benchmark_*.py``): the target-domain means and the share of
+the floor-to-ceiling gap closed of the effectiveness tables; for the cost benchmarks, a trainer built as
 ``nnUNetv2_train`` builds it, in this process, and the median time of its ``train_step`` on fixed batches, so data
 loading is left out."""
 from __future__ import annotations
@@ -12,6 +13,16 @@ from pathlib import Path
 import torch
 
 from nnunet_uda.planning import DEFAULT_PLANS
+
+
+def target_mean(means: dict, targets, metric: str = "dice", organ: str = "average") -> float:
+    """``metric`` of ``organ`` averaged over the ``targets`` domains of an evaluation's ``mean``."""
+    return statistics.fmean(means[d][organ][metric] for d in targets)
+
+
+def gap_closed(dice: float, floor: float, ceiling: float | None) -> str:
+    """The share of the floor-to-ceiling gap a Dice closes, as a signed percentage ("n/a" without a gap)."""
+    return "n/a" if ceiling is None or ceiling <= floor else f"{(dice - floor) / (ceiling - floor):+.0%}"
 
 
 def build_trainer(name: str, preprocessed: Path, device: torch.device, configuration: str = "3d_fullres",

@@ -1,0 +1,107 @@
+"""CISFA on the unpaired phantom of the FLARE stage-1 benchmark: target Dice, HD95 and ASSD beside source-only,
+the CycleGAN translations and the ceiling.
+
+The phantom is stage 1's (``examples/flare_stage1.py``: labeled CT, unlabeled T1 and T2 of other subjects, the
+same ``--dataset``, case counts and seed, so the same images and test sets). CISFA's generator translates into
+one target domain, so each trainer is trained once per target domain (``nnUNet_uda_target_domain``, each into its
+own ``nnUNet_results``) and scored on that domain's test set. Trainers: ``nnUNetTrainerCISFA`` and Table 3's
+rows (``_noPCL``: L_gcl only, ``_noGCL``: L_pcl only, ``_Sequential``), with ``--trainers`` also Table 1's
+``_noWeight``.
+
+The other rows come from stage 1's ``stage1.json`` (``--stage1``): source-only (the floor), nnU-Net on the CT
+translated by the organ-attention and by the plain CycleGAN, and the ceiling if stage 1 was given the domain-gap
+benchmark's. Each row's share of the floor-to-ceiling gap closed is printed. Writes ``cisfa.json`` and
+``cisfa.md``; every training leaves its ``cisfa_preview.png``. Finished trainings are reused.
+
+    python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap_unpaired
+    python examples/flare_stage1.py --work benchmark_output/stage1 --rounds 0 \\
+        --gap benchmark_output/domain_gap_unpaired/domain_gap.json
+    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --stage1 benchmark_output/stage1/stage1.json
+
+Results: docs/methods/cisfa.md#measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nnunet_uda.benchmarking import gap_closed, target_mean
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom, \
+    train_and_evaluate
+from nnunet_uda.training.cisfa import TARGET_DOMAIN_ENV
+
+TARGETS = ("T1", "T2")
+TRAINERS = {"nnUNetTrainerCISFA": "CISFA", "nnUNetTrainerCISFA_noPCL": "CISFA, L_gcl only (Table 3)",
+            "nnUNetTrainerCISFA_noGCL": "CISFA, L_pcl only (Table 3)",
+            "nnUNetTrainerCISFA_Sequential": "CISFA, sequential (Table 3)",
+            "nnUNetTrainerCISFA_noWeight": "CISFA, unweighted patch contrast (Table 1)"}
+FLOOR = "source only (floor)"
+CEILING = "supervised on target (ceiling)"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="benchmark_output/cisfa")
+    parser.add_argument("--dataset", type=int, default=985, help="the phantom's id (stage 1's --dataset)")
+    parser.add_argument("--stage1", help="stage1.json of examples/flare_stage1.py: the floor, CycleGAN, ceiling rows")
+    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:4])
+    add_run_arguments(parser, epochs=80, iterations=25)
+    return parser.parse_args(argv)
+
+
+def train_per_target(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str) -> dict:
+    """One model per target domain, each scored on its domain's test set: the evaluation means by domain."""
+    means = {}
+    for domain in TARGETS:
+        domain_work = work / domain
+        domain_work.mkdir(exist_ok=True)
+        domain_run = Runner({**run.env, "nnUNet_results": str(domain_work / "nnUNet_results"),
+                             TARGET_DOMAIN_ENV: domain}, log=run.log, timings=run.timings)
+        summary = train_and_evaluate(domain_run, domain_work, raw, dataset_id, trainer, domains=(domain,))
+        means[domain] = summary["mean"][domain]
+    return means
+
+
+def markdown(rows: dict[str, dict], settings: str) -> str:
+    floor = target_mean(rows[FLOOR], TARGETS) if FLOOR in rows else None
+    ceiling = target_mean(rows[CEILING], TARGETS) if CEILING in rows else None
+    organs = [o for o in next(iter(rows.values()))[TARGETS[0]] if o != "average"]
+    metrics = ("dice", "hd95", "assd")
+    lines = [settings, "", "| method | " + " | ".join(f"{d} Dice | {d} HD95 | {d} ASSD" for d in TARGETS)
+             + " | mean target Dice | gap closed | " + " | ".join(organs) + " |",
+             "|" + "---|" * (3 + 3 * len(TARGETS) + len(organs))]
+    for name, means in rows.items():
+        cells = " | ".join(f"{means[d]['average'][m]:.3f}" if m == "dice" else f"{means[d]['average'][m]:.1f}"
+                           for d in TARGETS for m in metrics)
+        dice = target_mean(means, TARGETS)
+        closed = gap_closed(dice, floor, ceiling) if floor is not None else "n/a"
+        organ_cells = " | ".join(f"{target_mean(means, TARGETS, organ=o):.3f}" for o in organs)
+        lines.append(f"| {name} | {cells} | {dice:.3f} | {closed} | {organ_cells} |")
+    return "\n".join(lines) + "\n\nPer-organ columns: Dice averaged over the target domains."
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    raw = prepare_phantom(run, args.dataset, PhantomSettings(n_source=args.n_source, n_target=args.n_target), 5)
+    compared = json.loads(Path(args.stage1).read_text())["results"] if args.stage1 else {}
+    rows = {name: means for name, means in compared.items() if name == FLOOR or name.startswith("nnU-Net on CT")}
+    for trainer in args.trainers:
+        rows[TRAINERS[trainer]] = train_per_target(run, work, raw, args.dataset, trainer)
+    if CEILING in compared:
+        rows[CEILING] = compared[CEILING]
+    settings = (f"unpaired phantom 24x24x24, {args.n_source} CT + {args.n_target} per target training cases; one "
+                f"CISFA model per target domain, fold 0, {args.epochs} epochs x {args.iterations} iterations, batch 2, "
+                f"ResEnc M 3d_fullres, CPU")
+    table = markdown(rows, settings)
+    (work / "cisfa.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
+    (work / "cisfa.md").write_text(table + "\n")
+    print("\n" + table + "\n\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items()))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
