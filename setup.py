@@ -38,6 +38,7 @@ setup(
             "nnUNetv2_uda_embeddings=nnunet_uda.cli.embeddings:main",
             "nnUNetv2_uda_postprocess=nnunet_uda.cli.postprocess:main",
             "nnUNetv2_uda_pseudolabel=nnunet_uda.cli.pseudolabel:main",
+            "nnUNetv2_uda_export=nnunet_uda.cli.export:main",
             "nnUNetv2_uda_submission=nnunet_uda.cli.submission:main",
             "nnUNetv2_uda_submission_run=nnunet_uda.cli.submission:run_main",
             "nnUNetv2_uda_cyclegan_train=nnunet_uda.cli.cyclegan:main",

@@ -69,6 +69,14 @@ def train_tiny_phantom(work, dataset: int, trainer: str, phantom_flags=(), itera
 
 
 @pytest.fixture(scope="session")
+def uda_model(tmp_path_factory):
+    """A tiny nnUNetTrainerUDA model (dataset 953, fold 0, conditional norms of CT, T1 and T2) trained and its test
+    sets predicted with the real commands: the model of the submission and export tests."""
+    return train_tiny_phantom(tmp_path_factory.mktemp("uda_model"), 953, "nnUNetTrainerUDA",
+                              ("--n_source", "5", "--n_target", "1"), iterations=1, resume=False)
+
+
+@pytest.fixture(scope="session")
 def semi_supervised_phantom(tmp_path_factory):
     """The co-training trainers' shared fixture: half of 10 CT cases labeled, planned, 3 iterations an epoch."""
     return tiny_phantom(tmp_path_factory.mktemp("semi_supervised"), 954,

@@ -3,20 +3,22 @@ trained with nnU-Net's real commands, nnUNetv2_uda_submission_run runs its predi
 does) one case at a time. The runner's own mechanics (statuses, CSV, memory, GPU polling) are tested first with
 stand-in predict.sh scripts that take a fraction of a second."""
 import csv
+import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
-from conftest import train_tiny_phantom
+from test_export import assert_plugin_blocked, without_plugin
 
 from nnunet_uda.cli.submission import main, run_main
+from nnunet_uda.export import EXPORT_FILE
 from nnunet_uda.pipeline import command
 from nnunet_uda.planning import DEFAULT_PLANS
 from nnunet_uda.postprocessing import load_config, postprocess_image
@@ -145,11 +147,10 @@ def test_runner_errors_are_clear(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny nnUNetTrainerUDA model (fold 0), its submission with the flare post-processing, and a run of it
+def model(uda_model):
+    """The tiny nnUNetTrainerUDA model (fold 0), its submission with the flare post-processing, and a run of it
     on the T1 and the T2 test image."""
-    paths = train_tiny_phantom(tmp_path_factory.mktemp("submission"), DATASET, TRAINER,
-                               ("--n_source", "5", "--n_target", "1"), iterations=1, resume=False)
+    paths = uda_model
     work, run = paths["work"], paths["run"]
     submission = work / "submission"
     run("submission", command("nnUNetv2_uda_submission"), "-d", str(DATASET), "-tr", TRAINER, "-f", "0",
@@ -165,31 +166,40 @@ def model(tmp_path_factory):
 
 
 def test_submission_folder_is_complete(model):
+    """Plain nnU-Net and the post-processing code: the model exported with the stored domain (T1), no trainer code."""
     submission = model["submission"]
-    assert sorted(p.name for p in submission.iterdir()) == ["Dockerfile", "README.md", "model", "plugin",
+    assert sorted(p.name for p in submission.iterdir()) == ["Dockerfile", "README.md", "model", "postprocessing",
                                                             "postprocessing.json", "predict.sh", "requirements.txt"]
-    trained = submission / "model" / NAME / f"{TRAINER}__{DEFAULT_PLANS}__3d_fullres"
-    assert (trained / "fold_0" / "checkpoint_final.pth").is_file() and (trained / "plans.json").is_file()
+    assert [p.name for p in (submission / "model").iterdir()] == [NAME]
+    trained = submission / "model" / NAME / f"nnUNetTrainer__{DEFAULT_PLANS}__3d_fullres"
+    assert sorted(p.name for p in (trained / "fold_0").rglob("*") if p.is_file()) == [
+        "checkpoint_final.pth", "progress.png", "summary.json"]
+    assert "uda" not in json.loads((trained / "plans.json").read_text())
+    assert json.loads((trained / EXPORT_FILE).read_text())["domain"] == "T1"  # the stored default
+    checkpoint = torch.load(trained / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    assert checkpoint["trainer_name"] == "nnUNetTrainer"
     assert not (trained / "fold_1").exists() and not list(submission.glob("*.zip"))
-    assert "nnunetv2==2.8.1" in (submission / "requirements.txt").read_text().splitlines()
+    requirements = (submission / "requirements.txt").read_text().splitlines()
+    assert "nnunetv2==2.8.1" in requirements and {"numpy", "scipy", "tqdm"} <= set(requirements)
     dockerfile = (submission / "Dockerfile").read_text()
     assert "FROM pytorch/pytorch:" in dockerfile and "-cuda" in dockerfile and "runtime" in dockerfile
     assert 'CMD ["sh", "predict.sh"]' in dockerfile.splitlines()
+    assert "RUN python -m compileall -q /workspace/postprocessing" in dockerfile.splitlines()
     assert not [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT")]
     predict = (submission / "predict.sh").read_text()
-    assert "export nnUNet_uda_inference_domain=T1" in predict  # the stored default: the first target domain
-    assert "-f 0 -chk checkpoint_final.pth" in predict and "postprocessing.json" in predict
+    assert "nnUNet_extTrainer" not in predict and "nnUNet_uda_inference_domain" not in predict
+    assert "conditional norms of domain T1 are folded" in predict
+    assert "-tr nnUNetTrainer -p nnUNetResEncUNetMPlans -f 0 -chk checkpoint_final.pth" in predict
+    assert "postprocessing.json" in predict
     assert subprocess.run(["sh", "-n", str(submission / "predict.sh")]).returncode == 0
-    # the plugin travels with the folder: predict.sh's PYTHONPATH finds the copy, not the development tree
-    # (asked from the folder, as the challenge runs it: ``python -c`` puts the working directory first)
-    assert not list((submission / "plugin").rglob("__pycache__"))  # not even after the run
-    found = subprocess.run([sys.executable, "-c", "import nnunet_uda, nnunet_uda_trainers; "
-                            "print(nnunet_uda.__file__); print(nnunet_uda_trainers.__file__)"],
-                           env=dict(os.environ, PYTHONPATH=str(submission / "plugin"), PYTHONDONTWRITEBYTECODE="1"),
-                           cwd=submission, capture_output=True, text=True, check=True).stdout.split()
-    assert all(Path(f).is_relative_to(submission / "plugin") for f in found)
-    assert (submission / "plugin" / "nnunet_uda_trainers" / "nnunet_uda_trainer_classes.py").is_file()
-    assert "Run" in (submission / "README.md").read_text()
+    # the post-processing code, and nothing else of the plugin, travels with the folder
+    code = sorted(p.relative_to(submission / "postprocessing").as_posix()
+                  for p in (submission / "postprocessing").rglob("*") if p.is_file())
+    assert "nnunet_uda/postprocessing.py" in code and "nnunet_uda/cli/postprocess.py" in code
+    assert not [f for f in code if f.startswith(("nnunet_uda/training", "nnunet_uda/nn/", "nnunet_uda_trainers"))]
+    assert not list((submission / "postprocessing").rglob("__pycache__"))  # not even after the run
+    readme = (submission / "README.md").read_text()
+    assert "Run" in readme and "exported from `nnUNetTrainerUDA__" in readme
 
 
 def test_outputs_have_the_input_geometry(model):
@@ -217,7 +227,7 @@ def test_postprocessing_matches_a_direct_run(model):
     """The T1 case predicted as nnUNetv2_predict does with the T1 norms, post-processed by nnunet_uda directly."""
     config = load_config(model["submission"] / "postprocessing.json")
     assert config.labels  # the flare preset matched the phantom's organs
-    raw = sitk.ReadImage(str(model["work"] / "predictions" / "T1" / "ph_T1_ts000.nii.gz"))
+    raw = sitk.ReadImage(str(model["predictions"] / "ph_T1_ts000.nii.gz"))
     expected = sitk.GetArrayFromImage(postprocess_image(raw, config))
     result = sitk.GetArrayFromImage(sitk.ReadImage(str(model["outputs"] / "ph_T1_ts000.nii.gz")))
     np.testing.assert_array_equal(result, expected)
@@ -232,21 +242,38 @@ def nnunet_env(model, monkeypatch):
             monkeypatch.setenv(key, value)
 
 
-def test_chosen_domain_without_postprocessing(model, nnunet_env, tmp_path):
-    """-domain T2 and no post-processing: predict.sh alone gives what nnUNetv2_predict gives with the T2 norms."""
-    spec = ModelSpec(NAME, "3d_fullres", TRAINER, DEFAULT_PLANS, ("0",), "checkpoint_final.pth")
-    submission = build_submission(spec, tmp_path / "t2", domain="T2")
-    assert not (submission / "postprocessing.json").exists()
-    assert "export nnUNet_uda_inference_domain=T2" in (submission / "predict.sh").read_text()
+def test_postprocessed_submission_runs_with_only_its_own_code(model, tmp_path):
+    """predict.sh of the flare submission in a process where only the submission's post-processing code imports."""
     inputs = _inputs(tmp_path / "inputs", [])
-    shutil.copy(model["inputs"] / "ph_T2_ts000_0000.nii.gz", inputs)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               SUBMISSION_DEVICE="cpu")
+    shutil.copy(model["inputs"] / "ph_T1_ts000_0000.nii.gz", inputs)
+    env = without_plugin(tmp_path / "site", dict(os.environ, SUBMISSION_DEVICE="cpu"),
+                         allowed=[model["submission"] / "postprocessing"])
+    assert_plugin_blocked(env, tmp_path)
+    subprocess.run(["sh", "predict.sh", str(inputs), str(tmp_path / "outputs")], cwd=model["submission"], env=env,
+                   check=True, capture_output=True)
+    result, expected = (sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "ph_T1_ts000.nii.gz")))
+                        for folder in (tmp_path / "outputs", model["outputs"]))
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_chosen_domain_without_postprocessing_needs_no_plugin(model, nnunet_env, tmp_path):
+    """-domain CT and no post-processing: predict.sh, with the plugin not importable at all, gives what
+    nnUNetv2_predict gives with the plugin and the CT norms."""
+    spec = ModelSpec(NAME, "3d_fullres", TRAINER, DEFAULT_PLANS, ("0",), "checkpoint_final.pth")
+    submission = build_submission(spec, tmp_path / "ct", domain="CT")
+    assert sorted(p.name for p in submission.iterdir()) == ["Dockerfile", "README.md", "model", "predict.sh",
+                                                            "requirements.txt"]
+    assert (submission / "requirements.txt").read_text().splitlines()[1:] == ["nnunetv2==2.8.1"]
+    assert "compileall" not in (submission / "Dockerfile").read_text()
+    assert "conditional norms of domain CT are folded" in (submission / "predict.sh").read_text()
+    inputs = _inputs(tmp_path / "inputs", [])
+    shutil.copy(model["raw"] / "imagesTs" / "ph_CT_ts000_0000.nii.gz", inputs)
+    env = without_plugin(tmp_path / "site", dict(os.environ, SUBMISSION_DEVICE="cpu"))
     subprocess.run(["sh", "predict.sh", str(inputs), str(tmp_path / "outputs")], cwd=submission, env=env, check=True,
                    capture_output=True)
-    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["ph_T2_ts000.nii.gz"]
-    direct = sitk.GetArrayFromImage(sitk.ReadImage(str(model["work"] / "predictions" / "T2" / "ph_T2_ts000.nii.gz")))
-    result = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "outputs" / "ph_T2_ts000.nii.gz")))
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["ph_CT_ts000.nii.gz"]
+    direct = sitk.GetArrayFromImage(sitk.ReadImage(str(model["predictions"] / "ph_CT_ts000.nii.gz")))
+    result = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "outputs" / "ph_CT_ts000.nii.gz")))
     np.testing.assert_array_equal(result, direct)
     assert not list(submission.rglob("__pycache__"))  # runs leave the folder as it was built
 
@@ -282,7 +309,7 @@ def test_errors_name_the_problem_and_write_nothing(nnunet_env, tmp_path, argumen
 def test_failure_while_writing_leaves_nothing(nnunet_env, tmp_path, monkeypatch):
     import nnunet_uda.submission.build as build_module
 
-    def broken(spec):
+    def broken(*arguments, **options):
         raise OSError("disk full")
 
     monkeypatch.setattr(build_module, "dockerfile", broken)

@@ -2,13 +2,16 @@
 
 :func:`build_submission` writes the folder, whole or not at all:
 
-- ``model/``: nnU-Net's own export of the trained model (``export_pretrained_model``, the zip of
-  ``nnUNetv2_export_model_to_zip``, unpacked): an ``nnUNet_results`` tree with the plans, the dataset.json and the
-  chosen checkpoint of each fold;
-- ``plugin/``: the packages ``nnunet_uda`` and ``nnunet_uda_trainers`` as installed when the folder was built. The
-  plugin is not on a package registry, so it travels as code: ``predict.sh`` puts ``plugin/`` on ``PYTHONPATH`` and
-  points ``nnUNet_extTrainer`` at ``plugin/nnunet_uda_trainers``, where nnU-Net finds the model's trainer class;
-- ``requirements.txt``: the plugin's pip requirements (``nnunetv2==2.8.1`` among them), installed by the Dockerfile;
+- ``model/``: the model exported to plain nnU-Net (:mod:`nnunet_uda.export`): an ``nnUNet_results`` tree
+  ``<dataset>/nnUNetTrainer__<plans>__<configuration>`` with the plans, the dataset.json, the fingerprint and the
+  chosen checkpoint, ``progress.png`` and validation summary of each fold. A conditional-norm model (the plugin's
+  domain-adaptation trainers) has the norms of one domain folded into nnU-Net's instance norms: the one stored with
+  the weights unless another is chosen. nnU-Net runs it as its own model: no plugin code, no ``nnUNet_extTrainer``;
+- ``postprocessing/`` (with post-processing only): the plugin's post-processing code, the modules of ``nnunet_uda``
+  that ``nnunet_uda.cli.postprocess`` imports and nothing else (:func:`postprocessing_code`); ``predict.sh`` puts the
+  folder on ``PYTHONPATH`` for the post-processing step alone;
+- ``requirements.txt``: ``nnunetv2`` at the installed version, and the packages the post-processing code imports
+  (all of them nnU-Net's own dependencies), installed by the Dockerfile;
 - ``predict.sh``: nnU-Net's prediction of every ``*_0000.nii.gz`` of the inputs folder, then the post-processing if
   configured, then ``<case>.nii.gz`` into the outputs folder. POSIX sh, since the challenge starts it with ``sh``;
 - ``postprocessing.json`` (with post-processing only): the rules of :mod:`nnunet_uda.postprocessing`, by label value;
@@ -16,39 +19,38 @@
   (not an ``ENTRYPOINT``, which would turn the challenge's command into arguments of predict.sh) is
   ``sh predict.sh``;
 - ``README.md``: what the folder holds and how to run it.
-
-Conditional-norm models (the plugin's domain-adaptation trainers) segment with the norms of one domain: the one
-stored with the weights unless another is chosen; ``predict.sh`` exports it as ``nnUNet_uda_inference_domain``, so
-the submission does not depend on the environment it runs in.
 """
 from __future__ import annotations
 
-import contextlib
+import ast
 import importlib.metadata
-import io
 import json
 import os
 import shlex
 import shutil
-import zipfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from nnunet_uda.data.raw import atomic_folder
+from nnunet_uda.export import PLAIN_TRAINER, ExportError, prepare_export, write_plain_model
 from nnunet_uda.postprocessing import CONFIG_FILE, PostprocessingConfig
 from nnunet_uda.submission.challenge import CHANNEL_SUFFIX, FILE_ENDING, SubmissionError
-from nnunet_uda.submission.model import (ModelSpec, check_challenge_format, check_trained_model, inference_domain,
-                                         postprocessing_config)
+from nnunet_uda.submission.model import ModelSpec, check_challenge_format, check_trained_model, postprocessing_config
 
 # The FLARE 2024 paper's environment (Table 2: PyTorch 2.4.0, CUDA 12.1); its torch satisfies nnunetv2 2.8.1.
 DOCKER_BASE_IMAGE = "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime"
+#: the module predict.sh runs for the post-processing, and the submission folder that holds its code
+POSTPROCESS_MODULE = "nnunet_uda.cli.postprocess"
+POSTPROCESSING_CODE = "postprocessing"
 
 
 @dataclass(frozen=True)
 class SubmissionSettings:
     """How the submission predicts, besides the model."""
 
-    domain: str | None = None
+    domain: str | None = None  # the domain folded into the exported network's norms
     postprocessing: PostprocessingConfig | None = None
     disable_tta: bool = False
 
@@ -57,29 +59,34 @@ def build_submission(spec: ModelSpec, output: str | os.PathLike, domain: str | N
                      postprocess: str | None = None, disable_tta: bool = False, overwrite: bool = False) -> Path:
     """Write the submission folder of a trained model to ``output`` (contents in the module docstring).
 
-    ``domain`` chooses the inference domain of a conditional-norm model (default: the one stored with its
-    weights); ``postprocess`` is a preset name or a configuration file of :mod:`nnunet_uda.postprocessing`;
-    ``disable_tta`` turns off nnU-Net's mirroring at prediction (in 3D, one network evaluation per window instead
-    of up to eight). The folder is built
-    beside ``output`` and moved into place when complete; an existing, non-empty ``output`` is an error unless
-    ``overwrite``. Everything is checked before anything is written.
+    ``domain`` chooses the domain folded into a conditional-norm model (default: the one stored with its weights);
+    ``postprocess`` is a preset name or a configuration file of :mod:`nnunet_uda.postprocessing`; ``disable_tta``
+    turns off nnU-Net's mirroring at prediction (in 3D, one network evaluation per window instead of up to eight).
+    The folder is built beside ``output`` and moved into place when complete; an existing, non-empty ``output`` is
+    an error unless ``overwrite``. Everything is checked before anything is written.
     """
     output = Path(output)
     folder = check_trained_model(spec)
     dataset_json = json.loads((folder / "dataset.json").read_text())
     check_challenge_format(dataset_json, str(folder / "dataset.json"))
-    settings = SubmissionSettings(inference_domain(folder, spec, domain),
-                                  postprocessing_config(postprocess, dataset_json), disable_tta)
-    requirements = requirements_txt()
+    try:
+        plan = prepare_export(folder, spec.folds, (spec.checkpoint,), domain)
+    except ExportError as error:
+        raise SubmissionError(str(error)) from None
+    settings = SubmissionSettings(plan.domain, postprocessing_config(postprocess, dataset_json), disable_tta)
+    code, third_party = postprocessing_code() if settings.postprocessing is not None else ({}, set())
+    requirements = requirements_txt(third_party)
     _check_output(output, overwrite)
     with atomic_folder(output, overwrite=True) as tmp:
-        export_model(spec, tmp / "model")
-        copy_plugin(tmp / "plugin")
+        write_plain_model(plan, tmp / "model" / plan.dataset / plan.identifier, validation_predictions=False)
+        for relative, source in code.items():
+            (tmp / POSTPROCESSING_CODE / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, tmp / POSTPROCESSING_CODE / relative)
         (tmp / "requirements.txt").write_text(requirements)
         write_predict_script(tmp / "predict.sh", spec, settings)
         if settings.postprocessing is not None:
             (tmp / CONFIG_FILE).write_text(json.dumps(settings.postprocessing.to_json(), indent=2) + "\n")
-        (tmp / "Dockerfile").write_text(dockerfile(spec))
+        (tmp / "Dockerfile").write_text(dockerfile(spec, postprocessing=bool(code)))
         (tmp / "README.md").write_text(readme(spec, settings, output.name))
     return output
 
@@ -92,46 +99,66 @@ def _check_output(output: Path, overwrite: bool) -> None:
                               f"pass --overwrite to replace it")
 
 
-def export_model(spec: ModelSpec, destination: Path) -> None:
-    """nnU-Net's export of the model (the zip of ``nnUNetv2_export_model_to_zip``), unpacked into ``destination``."""
-    from nnunetv2.model_sharing.model_export import export_pretrained_model
-
-    archive = destination.with_suffix(".zip")
-    folds = tuple(f if f == "all" else int(f) for f in spec.folds)
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints each step
-        export_pretrained_model(spec.dataset, str(archive), configurations=(spec.configuration,),
-                                trainer=spec.trainer, plans_identifier=spec.plans, folds=folds,
-                                save_checkpoints=(spec.checkpoint,))
-    with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(destination)
-    archive.unlink()
+def _module_file(package: Path, name: str) -> Path | None:
+    """The source file of the plugin module ``name`` (``nnunet_uda.x.y``) in the package folder, if it is one."""
+    parts = name.split(".")[1:]
+    candidates = [package.joinpath(*parts, "__init__.py")]
+    if parts:
+        candidates.insert(0, package.joinpath(*parts).with_suffix(".py"))
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
-def copy_plugin(destination: Path) -> None:
-    """The installed ``nnunet_uda`` and ``nnunet_uda_trainers`` packages, without bytecode."""
+def postprocessing_code(module: str = POSTPROCESS_MODULE) -> tuple[dict[str, Path], set[str]]:
+    """The plugin's source files that ``module`` imports, directly or through each other, with the ``__init__.py``
+    of their packages (path relative to the folder above ``nnunet_uda`` to source file), and the top-level names of
+    the other, non-standard modules they import. Imports are read from the source (absolute imports, anywhere in
+    a file), so nothing is imported here."""
     import nnunet_uda
-    from nnunet_uda.cli.trainer_path import trainer_path
 
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(Path(nnunet_uda.__file__).parent, destination / "nnunet_uda", ignore=ignore)
-    shutil.copytree(trainer_path(), destination / "nnunet_uda_trainers", ignore=ignore)
+    package = Path(nnunet_uda.__file__).parent
+    files: dict[str, Path] = {}
+    third_party: set[str] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # the module and every package above it
+            path = _module_file(package, ".".join(parts[:depth]))
+            relative = path.relative_to(package.parent).as_posix() if path else None
+            if relative is None or relative in files:
+                continue
+            files[relative] = path
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    imported = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                else:
+                    continue
+                for other in imported:
+                    top = other.split(".")[0]
+                    if top == package.name:
+                        if _module_file(package, other) is not None:
+                            pending.append(other)
+                    elif top not in sys.stdlib_module_names and top != "__future__":
+                        third_party.add(top)
+    return dict(sorted(files.items())), third_party
 
 
-def requirements_txt() -> str:
-    """The installed plugin's pip requirements, without those under a marker (the extras, e.g. tests)."""
-    try:
-        requirements = importlib.metadata.requires("nnunet_uda") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise SubmissionError("nnunet_uda is not installed as a package, so its requirements are unknown; install it "
-                              "(pip install -e . in the source folder)") from None
-    kept = [r for r in requirements if ";" not in r]
-    version = importlib.metadata.version("nnunet_uda")
-    return f"# pip requirements of nnunet_uda {version}, whose code is in plugin/\n" + "\n".join(kept) + "\n"
+def requirements_txt(third_party: Iterable[str] = ()) -> str:
+    """``nnunetv2`` at the installed version, and the distributions of the modules ``third_party`` (top-level
+    names) that the post-processing code imports."""
+    distributions = importlib.metadata.packages_distributions()
+    extra = sorted({d for name in third_party for d in distributions.get(name, [name])} - {"nnunetv2"})
+    what = "nnU-Net" + (f", and what the post-processing code in {POSTPROCESSING_CODE}/ imports" if extra else "")
+    return (f"# pip requirements of the submission: {what}\n"
+            + "\n".join([f"nnunetv2=={importlib.metadata.version('nnunetv2')}", *extra]) + "\n")
 
 
 PREDICT_SH = """#!/bin/sh
 # Challenge inference with the nnU-Net model @MODEL@ (folds @FOLDS@, @CHECKPOINT@),
-# written by nnUNetv2_uda_submission. POSIX sh: the challenge's `sh predict.sh` and `bash predict.sh` both work.
+# exported from @SOURCE@ and written by nnUNetv2_uda_submission.
+# POSIX sh: the challenge's `sh predict.sh` and `bash predict.sh` both work.
 #
 # usage: sh predict.sh [INPUTS [OUTPUTS]]
 #   INPUTS    folder of <case>_0000.nii.gz images (default: $SUBMISSION_INPUTS, else /workspace/inputs)
@@ -143,12 +170,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 INPUTS=${1:-${SUBMISSION_INPUTS:-/workspace/inputs}}
 OUTPUTS=${2:-${SUBMISSION_OUTPUTS:-/workspace/outputs}}
 
-# the exported model, and the plugin's code that holds its trainer class, travel in this folder
+# the exported model travels in this folder: nnU-Net's own trainer and network, no plugin code
+# @DOMAIN@
 export nnUNet_results="$HERE/model"
-export nnUNet_extTrainer="$HERE/plugin/nnunet_uda_trainers"
-export PYTHONPATH="$HERE/plugin${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONDONTWRITEBYTECODE=1  # runs leave this folder as it was built (the image compiles the plugin once)
-@DOMAIN@
+export PYTHONDONTWRITEBYTECODE=1  # runs leave this folder as it was built
 DEVICE=${SUBMISSION_DEVICE:-$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
 
 set -- "$INPUTS"/*@CHANNEL@@ENDING@
@@ -169,24 +194,32 @@ cp "$SCRATCH"/@RESULT@/*@ENDING@ "$OUTPUTS"/
 """
 
 
+def exported_identifier(spec: ModelSpec) -> str:
+    """The exported model's folder name in ``model/<dataset>/``."""
+    return f"{PLAIN_TRAINER}__{spec.plans}__{spec.configuration}"
+
+
 def predict_script(spec: ModelSpec, settings: SubmissionSettings) -> str:
     """The text of ``predict.sh`` (see :data:`PREDICT_SH`)."""
-    arguments = ["-d", spec.dataset, "-c", spec.configuration, "-tr", spec.trainer, "-p", spec.plans,
+    arguments = ["-d", spec.dataset, "-c", spec.configuration, "-tr", PLAIN_TRAINER, "-p", spec.plans,
                  "-f", *spec.folds, "-chk", spec.checkpoint] + (["--disable_tta"] if settings.disable_tta else [])
     if settings.domain is None:
-        domain = "# nnU-Net's own network: no conditional norms, no inference domain"
+        domain = "its network has no conditional norms: the weights are the trained ones"
     else:
-        domain = (f"# the conditional norms of this domain segment every image\n"
-                  f"export nnUNet_uda_inference_domain={shlex.quote(settings.domain)}")
+        domain = f"the conditional norms of domain {settings.domain} are folded into its instance norms"
     if settings.postprocessing is None:
         postprocess, result = "# no post-processing", "predictions"
     else:
-        postprocess = (f"python -m nnunet_uda.cli.postprocess -i \"$SCRATCH/predictions\" -o \"$SCRATCH/postprocessed\" "
-                       f"-config \"$HERE/{CONFIG_FILE}\" -np 1")
+        postprocess = (f"# the post-processing code travels in {POSTPROCESSING_CODE}/\n"
+                       f"PYTHONPATH=\"$HERE/{POSTPROCESSING_CODE}${{PYTHONPATH:+:$PYTHONPATH}}\" "
+                       f"python -m {POSTPROCESS_MODULE} \\\n"
+                       f"    -i \"$SCRATCH/predictions\" -o \"$SCRATCH/postprocessed\" -config \"$HERE/{CONFIG_FILE}\" "
+                       f"-np 1")
         result = "postprocessed"
-    values = {"MODEL": f"{spec.dataset}/{spec.identifier}", "FOLDS": " ".join(spec.folds),
-              "CHECKPOINT": spec.checkpoint, "DOMAIN": domain, "CHANNEL": CHANNEL_SUFFIX, "ENDING": FILE_ENDING,
-              "PREDICT_ARGUMENTS": shlex.join(arguments), "POSTPROCESS": postprocess, "RESULT": result}
+    values = {"MODEL": f"{spec.dataset}/{exported_identifier(spec)}", "SOURCE": spec.identifier,
+              "FOLDS": " ".join(spec.folds), "CHECKPOINT": spec.checkpoint, "DOMAIN": domain,
+              "CHANNEL": CHANNEL_SUFFIX, "ENDING": FILE_ENDING, "PREDICT_ARGUMENTS": shlex.join(arguments),
+              "POSTPROCESS": postprocess, "RESULT": result}
     text = PREDICT_SH
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
@@ -198,9 +231,12 @@ def write_predict_script(path: Path, spec: ModelSpec, settings: SubmissionSettin
     path.chmod(0o755)
 
 
-def dockerfile(spec: ModelSpec) -> str:
-    """A Dockerfile that installs the requirements and copies the submission folder into /workspace."""
-    return f"""# Challenge image for {spec.dataset}/{spec.identifier}, written by nnUNetv2_uda_submission.
+def dockerfile(spec: ModelSpec, postprocessing: bool = False) -> str:
+    """A Dockerfile that installs the requirements and copies the submission folder into /workspace (and compiles
+    the post-processing code once, where there is some)."""
+    compile_code = f"\nRUN python -m compileall -q /workspace/{POSTPROCESSING_CODE}" if postprocessing else ""
+    return f"""# Challenge image for {spec.dataset}/{exported_identifier(spec)}
+# (exported from {spec.identifier}), written by nnUNetv2_uda_submission.
 #   docker build -t TEAM .
 #   docker container run --gpus "device=0" -m 28G --name TEAM --rm -v $PWD/inputs/:/workspace/inputs/ \\
 #       -v $PWD/outputs/:/workspace/outputs/ TEAM:latest /bin/bash -c "sh predict.sh"
@@ -208,8 +244,7 @@ FROM {DOCKER_BASE_IMAGE}
 WORKDIR /workspace
 COPY requirements.txt /workspace/requirements.txt
 RUN pip install --no-cache-dir -r /workspace/requirements.txt
-COPY . /workspace
-RUN python -m compileall -q /workspace/plugin
+COPY . /workspace{compile_code}
 # CMD, not ENTRYPOINT: the challenge's own command (sh predict.sh) replaces it instead of becoming its arguments
 CMD ["sh", "predict.sh"]
 """
@@ -217,26 +252,28 @@ CMD ["sh", "predict.sh"]
 
 def readme(spec: ModelSpec, settings: SubmissionSettings, name: str) -> str:
     """The README.md of the submission folder."""
-    domain = settings.domain or "none (nnU-Net's own network)"
+    domain = (f"{settings.domain}, folded into nnU-Net's instance norms" if settings.domain
+              else "none (the network has no conditional norms)")
     folds = f"fold {spec.folds[0]}" if len(spec.folds) == 1 else f"folds {' '.join(spec.folds)}, averaged"
     postprocessing = (f"`{CONFIG_FILE}`, applied after prediction:\n\n"
                       + "\n".join(f"    {line}" for line in settings.postprocessing.describe().splitlines())
                       if settings.postprocessing is not None else "none")
+    code = (f"\n    {POSTPROCESSING_CODE}/    the post-processing code (the nnunet_uda modules it needs; predict.sh "
+            f"puts it on PYTHONPATH)" if settings.postprocessing is not None else "")
     return f"""# Challenge submission: {spec.dataset}
 
 Written by `nnUNetv2_uda_submission` (nnunet_uda). `predict.sh` segments every `<case>{CHANNEL_SUFFIX}{FILE_ENDING}` of
 `/workspace/inputs` into `/workspace/outputs/<case>{FILE_ENDING}`, as the FLARE challenges run a submission.
 
-- model: `{spec.identifier}`, {folds}, `{spec.checkpoint}`, test-time mirroring
-  {'off' if settings.disable_tta else 'on'}
-- inference domain (conditional norms): {domain}
+- model: `{exported_identifier(spec)}` (plain nnU-Net), exported from `{spec.identifier}`
+- {folds}, `{spec.checkpoint}`, test-time mirroring {'off' if settings.disable_tta else 'on'}
+- domain of the conditional norms: {domain}
 - post-processing: {postprocessing}
 
 ## Contents
 
-    model/             nnU-Net's export of the model (nnUNetv2_export_model_to_zip, unpacked; nnUNet_results layout)
-    plugin/            the nnunet_uda packages (predict.sh puts them on PYTHONPATH and nnUNet_extTrainer)
-    requirements.txt   pip requirements: nnunetv2==2.8.1 and the plugin's other dependencies
+    model/             the model as plain nnU-Net (nnUNet_results layout; nnUNetTrainer, no plugin code){code}
+    requirements.txt   pip requirements: nnunetv2 (and what the post-processing imports)
     predict.sh         prediction, post-processing, outputs (POSIX sh)
     Dockerfile         {DOCKER_BASE_IMAGE} + requirements.txt + this folder in /workspace
 

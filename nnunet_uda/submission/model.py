@@ -1,10 +1,8 @@
 """The trained nnU-Net model of a submission: :class:`ModelSpec` names it as nnU-Net's commands do; the checks
-that nnU-Net's export and predictor find what they read in its folder and that it reads the challenge's images; its
-inference domain and post-processing.
+that its folds and checkpoints exist and that it reads the challenge's images; its post-processing.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from dataclasses import dataclass
@@ -60,7 +58,7 @@ def model_folder(spec: ModelSpec) -> Path:
 
 
 def check_trained_model(spec: ModelSpec) -> Path:
-    """The model folder, after checking everything nnU-Net's export and predictor read from it."""
+    """The model folder, after checking that the plans, dataset.json, fingerprint, folds and checkpoints exist."""
     folder = model_folder(spec)
     if not folder.is_dir():
         raise SubmissionError(f"no trained model in {folder}; train it ({spec.train_command()}) or check -d, -c, -tr, "
@@ -85,10 +83,6 @@ def _check_fold(spec: ModelSpec, fold_folder: Path, fold: str, trained: Sequence
         present = sorted(p.name for p in fold_folder.glob("checkpoint_*.pth"))
         raise SubmissionError(f"{checkpoint} does not exist; finish the training ({spec.train_command(fold, '--c')}) "
                               f"or choose another checkpoint with -chk (present: {', '.join(present) or 'none'})")
-    for name in ("progress.png", "validation/summary.json"):
-        if not (fold_folder / name).is_file():
-            raise SubmissionError(f"{fold_folder / name} is missing; nnU-Net's model export needs the fold's final "
-                                  f"validation: run it ({spec.train_command(fold, '--val')})")
 
 
 def check_challenge_format(dataset_json: Mapping, where: str) -> None:
@@ -100,47 +94,6 @@ def check_challenge_format(dataset_json: Mapping, where: str) -> None:
     if dataset_json.get("file_ending") != FILE_ENDING:
         raise SubmissionError(f"{where}: the model's file_ending is {dataset_json.get('file_ending')!r}, but the "
                               f"challenge's images are {FILE_ENDING}; train on a {FILE_ENDING} dataset")
-
-
-def stored_inference_domains(folder: Path, spec: ModelSpec, domains: Sequence[str]) -> dict[str, str] | None:
-    """Each fold's inference domain stored with its weights (an index into the plans' ``domains``); ``None`` for
-    networks without conditional norms."""
-    import torch
-
-    stored: dict[str, str] = {}
-    for fold in spec.folds:
-        checkpoint = torch.load(folder / f"fold_{fold}" / spec.checkpoint, map_location="cpu", weights_only=False)
-        index = checkpoint["network_weights"].get("inference_domain")
-        if index is None:
-            return None
-        if not domains or not 0 <= int(index) < len(domains):
-            raise SubmissionError(f"{folder / 'plans.json'} does not list the domains of the conditional-norm network "
-                                  f"(plans[\"uda\"][\"domains\"]); plan with nnUNetv2_uda_plan_and_preprocess")
-        stored[fold] = domains[int(index)]
-    return stored
-
-
-def inference_domain(folder: Path, spec: ModelSpec, requested: str | None) -> str | None:
-    """The domain whose norms segment the challenge images: ``requested`` or the one stored with the weights.
-
-    ``None`` for nnU-Net's own networks, which have no domains (``requested`` is then an error).
-    """
-    domains = json.loads((folder / "plans.json").read_text()).get("uda", {}).get("domains")
-    stored = stored_inference_domains(folder, spec, domains)
-    if stored is None:
-        if requested is not None:
-            raise SubmissionError(f"-domain {requested}: the {spec.trainer} network has no conditional norms, so it "
-                                  f"has no inference domain; leave -domain out")
-        return None
-    if requested is not None:
-        if requested not in domains:
-            raise SubmissionError(f"-domain {requested} is not a domain of the model; its domains: "
-                                  f"{', '.join(domains)}")
-        return requested
-    if len(set(stored.values())) > 1:
-        found = ", ".join(f"fold {f}: {d}" for f, d in stored.items())
-        raise SubmissionError(f"the folds store different inference domains ({found}); choose one with -domain")
-    return next(iter(stored.values()))
 
 
 def postprocessing_config(spec: str | None, dataset_json: Mapping) -> PostprocessingConfig | None:
