@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="post-processing after prediction: a configuration JSON of nnUNetv2_uda_postprocess or "
                              "the preset 'flare' (default: none)")
     parser.add_argument("-domain", default=None,
-                        help="inference domain of a conditional-norm model (default: the one stored with its weights, "
-                             "the first target domain)")
+                        help="for a conditional-norm model, the domain whose norms are folded into the exported "
+                             "plain nnU-Net model (default: the one stored with its weights, the first target domain)")
     parser.add_argument("--disable_tta", action="store_true", help="no test-time mirroring (faster)")
     parser.add_argument("-o", required=True, help="the submission folder to write (written when complete)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
