@@ -71,6 +71,21 @@ def test_the_generator_translates_into_one_target_domain(cisfa_run, build_traine
         trainer.batch_pools(cases)
 
 
+def test_the_generator_losses_see_a_few_slices_of_each_3d_patch(cisfa_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    axis = 2 + trainer.slice_axis
+    shape = [2, 1, 6, 7, 8]
+    shape[axis] = 10
+    index = torch.arange(10.0).reshape([10 if d == axis else 1 for d in range(5)]).expand(shape)
+    image, labels = trainer.slice_subset(index, index.clone())
+    assert image.shape[axis] == trainer.generator_slices == 4 and torch.equal(image, labels)
+    kept = image.movedim(axis, 0).flatten(1)
+    assert (kept == kept[:, :1]).all() and kept[:, 0].unique().numel() == 4  # whole slices, one draw for all
+    assert trainer.to_slices(image).shape == (2 * 4, 1, *[n for d, n in enumerate(shape[2:]) if d + 2 != axis])
+
+
 def one_batch(trainer):
     trainer.dataloader_train, _ = trainer.get_dataloaders()
     data, target = trainer._to_device(next(trainer.dataloader_train))

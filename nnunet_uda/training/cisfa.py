@@ -15,7 +15,8 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
   target; the cases of other target domains are not drawn;
 - dimensionality: G and D_g work on 2D images: in ``2d`` the patches, in ``3d_fullres`` the axial slices of the
   3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
-  patches (a 3D PatchGAN in ``3d_fullres``);
+  patches (a 3D PatchGAN in ``3d_fullres``). In ``3d_fullres`` G's losses and D_g see ``generator_slices``
+  slices drawn per patch each iteration (the paper's batch of 2D slices), Seg the whole translated patch;
 - intensities: nnU-Net's patches are z-scored per image; G's tanh output is z-scored per translated patch, as
   nnU-Net would normalise a translated image, before Seg, D_g and the patch contrast see it;
 - optimisers: Adam 2e-4, (0.5, 0.999), constant, for G with its patch heads, D_g and D_s (the paper's); Seg
@@ -63,6 +64,8 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
     #: the generator (the paper's ResNet generator: 64 filters, 9 residual blocks)
     generator_width = 64
     generator_blocks = 9
+    #: in ``3d_fullres``: slices per patch that eqs. 1-4 see each iteration (the paper's batch: 4 slices)
+    generator_slices = 4
     #: eq. 2-4: weight w of foreground patches (1: unweighted), temperature, patches per layer, head size
     patch_weight = 2.0
     patch_tau = 0.2
@@ -141,6 +144,15 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
             return slices
         return slices.reshape(batch, -1, *slices.shape[1:]).movedim(1, 2 + self.slice_axis)
 
+    def slice_subset(self, *patches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ``patches`` (B, C, *s) with :attr:`generator_slices` of their slices, one draw for all of them and
+        every sample (unchanged in ``2d`` and for patches of no more slices)."""
+        axis = None if self.slice_axis is None else 2 + self.slice_axis
+        if axis is None or patches[0].shape[axis] <= self.generator_slices:
+            return patches
+        picked = torch.randperm(patches[0].shape[axis], device=patches[0].device)[:self.generator_slices].sort().values
+        return tuple(x.index_select(axis, picked) for x in patches)
+
     def translate(self, x: torch.Tensor) -> torch.Tensor:
         """G(x) slice by slice, z-scored per patch (module docstring)."""
         return zscore(self.from_slices(self.generator(self.to_slices(x)), x.shape[0]))
@@ -202,7 +214,9 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         return {"loss": loss_seg.detach().cpu().numpy()}
 
     def generator_loss(self, x_a: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Eq. 4: fool D_g, plus the weighted patch contrast between x_a and G(x_a)."""
+        """Eq. 4 on the slices of :meth:`slice_subset`: fool D_g with G(x_a), plus the weighted patch contrast
+        between x_a and G(x_a)."""
+        x_a, labels = self.slice_subset(x_a, labels)
         source = self.to_slices(x_a)
         fake = self.to_slices(self.translate(x_a))
         terms = {"g_gan": adversarial_loss(self.d_image(fake), True)}
@@ -246,7 +260,8 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         with torch.no_grad():
             maps = torch.softmax(self._logits(self.network(torch.cat((x_b, fake)))).float(), 1)
         t = x_b.shape[0]
-        return self._logged({"d_image": discriminator_loss(self.d_image, self.to_slices(x_b), self.to_slices(fake)),
+        real_slices, fake_slices = (self.to_slices(self.slice_subset(x)[0]) for x in (x_b, fake))
+        return self._logged({"d_image": discriminator_loss(self.d_image, real_slices, fake_slices),
                              "d_seg": discriminator_loss(self.d_seg, maps[:t], maps[t:])})
 
     @staticmethod
