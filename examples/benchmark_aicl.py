@@ -38,8 +38,8 @@ import json
 from pathlib import Path
 
 from nnunet_uda.benchmarking import gap_closed, target_mean
-from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, initial_label_quality, nnunet_environment,
-                                 prepare_phantom, train_and_evaluate)
+from nnunet_uda.pipeline import (PhantomSettings, add_run_arguments, initial_label_quality, prepare_phantom,
+                                 train_and_evaluate, work_runner)
 
 METHODS = {"pseudo-label only (CIN-seg), nnU-Net's SGD": "nnUNetTrainerUDA",
            "AICL w/o l_fpc, l_csc, nnU-Net's SGD": "nnUNetTrainerAICL_SGD_noFPC_noCSC",
@@ -84,9 +84,7 @@ def tables(setting: str, rows: dict[str, dict], floor: float, ceiling: float) ->
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    work, run = work_runner(args)
     measured = {}
     for kind in args.pseudo:
         dataset_id = args.dataset + PSEUDO_KINDS.index(kind)

@@ -27,8 +27,8 @@ import json
 from pathlib import Path
 
 from nnunet_uda.benchmarking import gap_closed, target_mean
-from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, prepare_phantom, \
-    train_and_evaluate
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, prepare_phantom, train_and_evaluate, \
+    work_runner
 from nnunet_uda.training.cisfa import TARGET_DOMAIN_ENV
 
 TARGETS = ("T1", "T2")
@@ -83,9 +83,7 @@ def markdown(rows: dict[str, dict], settings: str) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    work, run = work_runner(args)
     raw = prepare_phantom(run, args.dataset, PhantomSettings(n_source=args.n_source, n_target=args.n_target), 5)
     compared = json.loads(Path(args.stage1).read_text())["results"] if args.stage1 else {}
     rows = {name: means for name, means in compared.items() if name == FLOOR or name.startswith("nnU-Net on CT")}

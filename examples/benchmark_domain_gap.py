@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, nnunet_environment, phantom_experiment
+from nnunet_uda.pipeline import PhantomSettings, add_run_arguments, phantom_experiment, work_runner
 
 EXPERIMENTS = {  # name: (dataset offset from --dataset, trainer, phantom flags)
     "source only (floor)": (0, "nnUNetTrainerSourceOnly", ()),
@@ -46,9 +45,7 @@ def gap_table(results: dict[str, dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    work, run = work_runner(args)
     paired = ("--paired",) if args.paired else ()
     results = {name: phantom_experiment(run, work, args.dataset + offset, trainer, PhantomSettings(
         n_source=args.n_source, n_target=args.n_target, flags=flags + paired))["mean"]

@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, command, final_checkpoint, \
-    nnunet_environment, prepare_phantom, train_and_evaluate
+    prepare_phantom, train_and_evaluate, work_runner
 
 FLOOR = "nnUNetTrainerLabeledOnly"
 ROWS = {"dvcl": ("nnUNetTrainerCPS_noCPS", "nnUNetTrainerCPS", "nnUNetTrainerDVCL_HqCL",
@@ -61,9 +61,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    work, run = work_runner(args)
     sections = []
     for i, fraction in enumerate(args.fractions):
         semi, twin = args.dataset + 2 * i, args.dataset + 2 * i + 1

@@ -45,7 +45,7 @@ import SimpleITK as sitk  # noqa: E402
 from nnunet_uda.benchmarking import gap_closed, target_mean  # noqa: E402
 from nnunet_uda.data.raw import dataset_folder_name  # noqa: E402
 from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, command, final_checkpoint,  # noqa: E402
-                                 nnunet_environment, prepare_phantom, self_training_round, train_and_evaluate)
+                                 prepare_phantom, self_training_round, train_and_evaluate, work_runner)
 
 TARGETS = ("T1", "T2")
 ROUND_TRAINER = "nnUNetTrainerSelfTraining"
@@ -199,9 +199,7 @@ def fidelity_markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    work, run = work_runner(args)
     raw = prepare_phantom(run, args.dataset, PhantomSettings(n_source=args.n_source, n_target=args.n_target), 5)
     rows = {FLOOR: train_and_evaluate(run, work, raw, args.dataset, "nnUNetTrainerSourceOnly")["mean"]}
     segmenter = final_checkpoint(run, raw, "nnUNetTrainerSourceOnly", 0).parents[1]

@@ -49,8 +49,8 @@ from scipy.stats import spearmanr  # noqa: E402
 from nnunet_uda.data.raw import load_dataset_json  # noqa: E402
 from nnunet_uda.domains import DomainTable  # noqa: E402
 from nnunet_uda.evaluation.report import evaluate_folder  # noqa: E402
-from nnunet_uda.pipeline import (PhantomSettings, Runner, add_run_arguments, nnunet_environment,  # noqa: E402
-                                 prepare_phantom, self_training_round, train_and_evaluate)
+from nnunet_uda.pipeline import (PhantomSettings, add_run_arguments, prepare_phantom,  # noqa: E402
+                                 self_training_round, train_and_evaluate, work_runner)
 from nnunet_uda.pseudolabels.rounds import RoundInputs, score_case  # noqa: E402
 from nnunet_uda.pseudolabels.selection import SelectionRule, select_cases  # noqa: E402
 
@@ -164,9 +164,7 @@ def markdown(rounds: dict, qualities: dict[str, dict], settings: str, targets) -
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.round0_trainer = args.round0_trainer or (ROUND_TRAINER if args.semi_supervised else "nnUNetTrainerSourceOnly")
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(nnunet_environment(work, args.epochs, args.iterations, args.val_iterations), log=work / "commands.log")
+    work, run = work_runner(args)
     folds = list(range(args.folds))
     semi = ("--semi_supervised", str(args.semi_supervised)) if args.semi_supervised else ()
     phantom = PhantomSettings(tuple(args.shape), args.n_source, args.n_target, args.n_test, semi)

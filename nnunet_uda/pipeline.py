@@ -74,6 +74,15 @@ class Runner:
             raise RuntimeError(f"step '{step}' failed with exit code {result.returncode}{where}")
 
 
+def work_runner(args) -> tuple[Path, Runner]:
+    """The benchmark's work folder ``args.work`` (created) and a :class:`Runner` of nnU-Net commands in it, with the
+    brief-run options of :func:`add_run_arguments` and its log in ``commands.log``."""
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = nnunet_environment(work, args.epochs, args.iterations, args.val_iterations)
+    return work, Runner(env, log=work / "commands.log")
+
+
 def command(name: str) -> str:
     """The console script ``name`` of this Python environment."""
     path = Path(sys.executable).parent / name
