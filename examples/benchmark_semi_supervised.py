@@ -28,6 +28,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nnunet_uda.benchmarking import gap_closed
 from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, command, final_checkpoint, \
     prepare_phantom, train_and_evaluate, work_runner
 
@@ -102,13 +103,13 @@ def section(fraction: float, args, results: dict[str, dict], clusters: dict[str,
     floor, ceiling = (means[k]["average"]["dice"] for k in ("floor", "ceiling"))
     organs = [o for o in means["floor"] if o != "average"]
     lines = [f"## {fraction:.0%} labeled ({round(fraction * args.n_source)} of {args.n_source} training cases)", "",
-             f"{args.epochs} epochs x {args.iterations} iterations, fold all, test set of 5 cases.", "",
+             f"{args.epochs} epochs x {args.iterations} iterations, fold all, test set of 5 cases; floor-to-ceiling "
+             f"gap {ceiling - floor:+.3f} Dice.", "",
              "| trainer | Dice | NSD | gap closed | " + " | ".join(organs) + " |",
              "|---|---|---|---|" + "---|" * len(organs)]
     for name, m in means.items():
         dice, nsd = m["average"]["dice"], m["average"]["nsd"]
-        closed = (dice - floor) / (ceiling - floor) if ceiling != floor else float("nan")
-        cells = [f"{dice:.3f}", f"{nsd:.3f}", f"{closed:.0%}"] + [f"{m[o]['dice']:.2f}" for o in organs]
+        cells = [f"{dice:.3f}", f"{nsd:.3f}", gap_closed(dice, floor, ceiling)] + [f"{m[o]['dice']:.2f}" for o in organs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     scored = {name: c for name, c in clusters.items() if c is not None}
     if scored:

@@ -20,9 +20,12 @@ def target_mean(means: dict, targets, metric: str = "dice", organ: str = "averag
     return statistics.fmean(means[d][organ][metric] for d in targets)
 
 
-def gap_closed(dice: float, floor: float, ceiling: float | None) -> str:
-    """The share of the floor-to-ceiling gap a Dice closes, as a signed percentage ("n/a" without a gap)."""
-    return "n/a" if ceiling is None or ceiling <= floor else f"{(dice - floor) / (ceiling - floor):+.0%}"
+def gap_closed(dice: float, floor: float, ceiling: float | None, min_gap: float = 0.01) -> str:
+    """The share of the floor-to-ceiling gap a Dice closes, as a signed percentage; "n/a" where the ceiling is not
+    ``min_gap`` above the floor (a share of no gap would be noise)."""
+    if ceiling is None or ceiling - floor < min_gap:
+        return "n/a"
+    return f"{(dice - floor) / (ceiling - floor):+.0%}"
 
 
 def build_trainer(name: str, preprocessed: Path, device: torch.device, configuration: str = "3d_fullres",
