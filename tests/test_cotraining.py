@@ -112,6 +112,26 @@ def test_one_unsupervised_term_trains_the_networks_and_nothing_else(dvcl_run, bu
     assert not changed(before["head_a"], trainer.heads[0]) and not changed(before["head_b"], trainer.heads[1])
 
 
+@pytest.mark.parametrize("name, weight", [("nnUNetTrainerCPS", 1.0), ("nnUNetTrainerCPS_PaperScale", 0.5)])
+def test_cps_loss_is_the_weighted_sum_of_both_networks_terms(dvcl_run, build_trainer, name, weight):
+    """L = w (L_sup(A) + L_sup(B)) + lambda_u(t) L_cps, with w nnU-Net's 1 by default and eq. 1's 1/2 in the
+    paper-scale variant, recomputed from the two networks' outputs."""
+    from nnunet_uda.training import TRAINERS
+
+    trainer = build_trainer(dvcl_run, TRAINERS[name])
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    data, target = trainer._to_device(batch)
+    with torch.no_grad():
+        loss = trainer.training_loss(data, target, batch["keys"])
+        a, b = trainer.run_pair(data)
+    labeled, annotated = [t[1:] for t in target], trainer.batch_annotations(batch["keys"][1:])
+    sup = sum(trainer.supervised_loss([x[1:] for x in n.logits], labeled, annotated) for n in (a, b))
+    cps = cross_pseudo_supervision(a.logits[0][:1], b.logits[0][:1])
+    assert trainer.supervised_weight == weight
+    assert loss.item() == pytest.approx((weight * sup + 0.1 * sigmoid_rampup(0.0, 1.0) * cps).item(), rel=1e-5)
+
+
 def test_hqcl_trains_the_heads(dvcl_run, build_trainer):
     from nnunet_uda.training import nnUNetTrainerDVCL
 
