@@ -79,6 +79,16 @@ class ExportPlan:
         return f"{PLAIN_TRAINER}__{self.plans_identifier}__{self.configuration}"
 
 
+def resolve_dataset(dataset: str | int) -> str:
+    """nnU-Net's dataset folder name for an id or name (looked up in nnUNet_raw, _preprocessed and _results)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(str(dataset))
+    except (RuntimeError, ValueError) as error:
+        raise ExportError(f"dataset {dataset!r}: {error}") from None
+
+
 def fold_network_weights(weights: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
                          domain: int | None) -> dict[str, torch.Tensor]:
     """``weights`` of a plugin network as the state dict of nnU-Net's network ``reference`` (its keys, its shapes).

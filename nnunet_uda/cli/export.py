@@ -17,7 +17,7 @@ import os
 import shlex
 from typing import Sequence
 
-from nnunet_uda.export import CHECKPOINTS, PLAIN_TRAINER, ExportError, export_plain_model
+from nnunet_uda.export import CHECKPOINTS, PLAIN_TRAINER, ExportError, export_plain_model, resolve_dataset
 from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV
 from nnunet_uda.planning import DEFAULT_PLANS
 
@@ -44,16 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{PLAIN_TRAINER}__PLANS__CONFIGURATION)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing exported model folder")
     return parser
-
-
-def resolve_dataset(dataset: str) -> str:
-    """nnU-Net's dataset folder name of an id or name."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as error:
-        raise ExportError(f"dataset {dataset!r}: {error}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

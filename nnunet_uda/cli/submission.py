@@ -20,7 +20,8 @@ from typing import Sequence
 from nnunet_uda.planning import DEFAULT_PLANS
 from nnunet_uda.submission.build import build_submission
 from nnunet_uda.submission.challenge import SubmissionError
-from nnunet_uda.submission.model import DEFAULT_CHECKPOINT, DEFAULT_FOLDS, ModelSpec, resolve_dataset
+from nnunet_uda.export import ExportError, resolve_dataset
+from nnunet_uda.submission.model import DEFAULT_CHECKPOINT, DEFAULT_FOLDS, ModelSpec
 from nnunet_uda.submission.runner import RunReport, run_submission
 
 PROG = "nnUNetv2_uda_submission"
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         spec = ModelSpec(resolve_dataset(args.d), args.c, args.tr, args.p, tuple(args.f), args.chk)
         output = build_submission(spec, args.o, args.domain, args.postprocess, args.disable_tta, args.overwrite)
-    except (FileNotFoundError, SubmissionError) as error:
+    except (FileNotFoundError, SubmissionError, ExportError) as error:
         raise SystemExit(f"{PROG}: {error}") from None
     print(f"submission for {spec.dataset}/{spec.identifier} (folds {' '.join(spec.folds)}) written to {output}\n"
           f"try it: {RUN_PROG} -s {output} -i INPUTS -o OUTPUTS; build the image: docker build -t TEAM {output}")

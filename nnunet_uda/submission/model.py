@@ -38,16 +38,6 @@ class ModelSpec:
                            "-p", self.plans, *flags])
 
 
-def resolve_dataset(dataset: str | int) -> str:
-    """nnU-Net's dataset folder name for an id or name (looked up in nnUNet_raw, _preprocessed and _results)."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        return maybe_convert_to_dataset_name(str(dataset))
-    except (RuntimeError, ValueError) as error:
-        raise SubmissionError(f"dataset {dataset!r}: {error}") from None
-
-
 def model_folder(spec: ModelSpec) -> Path:
     """The model's folder in ``nnUNet_results`` (``<dataset>/<trainer>__<plans>__<configuration>``)."""
     results = os.environ.get("nnUNet_results")

@@ -174,12 +174,13 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
             raise RuntimeError(f"{self.__class__.__name__} needs labeled source and unlabeled target training cases in "
                                f"fold {self.fold}; see docs/datasets.md")
         (target, self.n_target), source = pools
-        kept = self.training_cases_of([self.target_domain], target)
+        domain = self.target_domain
+        kept = self.training_cases_of([domain], target)
         if not kept:
-            raise RuntimeError(f"fold {self.fold} has no training case of the target domain {self.target_domain}; "
-                               f"choose another with {TARGET_DOMAIN_ENV}")
+            raise RuntimeError(f"fold {self.fold} has no training case of the target domain {domain}; choose another "
+                               f"with {TARGET_DOMAIN_ENV}")
         if len(kept) < len(target):
-            self.print_to_log_file(f"G translates into {self.target_domain}: the {len(target) - len(kept)} training "
+            self.print_to_log_file(f"G translates into {domain}: the {len(target) - len(kept)} training "
                                    f"cases of the other target domains are not drawn (choose the domain with "
                                    f"{TARGET_DOMAIN_ENV})")
         return [(kept, self.n_target), source]

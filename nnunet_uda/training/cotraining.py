@@ -13,7 +13,7 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
   the checkpoint (``uda_state``) and restored by ``--c``;
 - L_sup (eq. 1): nnU-Net's Dice + CE of each network on the labeled cases under its deep supervision, the two
   networks' terms summed. Adapted: eq. 1 halves each (Dice + CE) / 2; under nnU-Net's SGD, tuned for its own
-  loss scale, that halves the supervised step and cost 0.05 Dice on the phantom (docs/methods/dvcl.md#measured),
+  loss scale, that halves the supervised step and cost 0.04 Dice on the phantom (docs/methods/dvcl.md#measured),
   so ``supervised_weight`` is 1 (eq. 1's 1/2: ``nnUNetTrainerCPS_PaperScale``);
 - L_cps (eq. 2): CE of each network against the other's detached argmax on the unlabeled cases, at full
   resolution (:func:`~nnunet_uda.losses.cross_pseudo.cross_pseudo_supervision`);
