@@ -8,7 +8,9 @@ the encoder stage used for contrast (:func:`contrast_stage`). The patch size ps 
 median over organs of each organ's median extent, rounded up to an odd size (ps = 2r + 1) and
 capped by the feature map, so a cuboid centred on a typical organ reaches its boundary ("cover
 boundary regions for each organ while limiting background inclusion"); organ-adaptive sizes (the
-paper's suggested improvement) use each organ's own median extent. The statistics, the choice and a
+paper's suggested improvement) use each organ's own median extent. In nnU-Net's ``2d`` configuration
+the network sees axial slices, so the extents are those of each organ's mask in each slice (y, x), and
+the sizes are squares. The statistics, the choice and a
 box plot (the paper's Fig. 6 A-C) are written by the planning command; the result lives in
 ``plans["uda"]["pgps"][configuration]``.
 """
@@ -32,10 +34,10 @@ def planned_pgps(plans: Mapping, configuration: str) -> dict | None:
     return plans.get("uda", {}).get("pgps", {}).get(configuration)
 
 
-def pgps_patch_size(plans: Mapping, configuration: str) -> tuple[int, ...]:
-    """The planned common PGPS patch size, else :data:`DEFAULT_PATCH_SIZE`."""
+def pgps_patch_size(plans: Mapping, configuration: str, dims: int = 3) -> tuple[int, ...]:
+    """The planned common PGPS patch size, else :data:`DEFAULT_PATCH_SIZE` in ``dims`` axes."""
     planned = planned_pgps(plans, configuration)
-    return tuple(planned["patch_size"]) if planned else DEFAULT_PATCH_SIZE
+    return tuple(planned["patch_size"]) if planned else DEFAULT_PATCH_SIZE[:dims]
 
 
 def contrast_stage(strides: Sequence[Sequence[int]], contrast_stride: int = CONTRAST_STRIDE) -> int:
@@ -61,6 +63,25 @@ def bounding_box_extents(seg: np.ndarray, classes: Iterable[int]) -> dict[int, n
         if len(where):
             out[cls] = where.max(0) - where.min(0) + 1
     return out
+
+
+def slice_extents(seg: np.ndarray, classes: Iterable[int]) -> dict[int, np.ndarray]:
+    """Per class present in ``seg`` (z, y, x): its bounding-box extent (y, x) in every axial slice that
+    holds it, (slices, 2)."""
+    out = {}
+    for cls in classes:
+        mask = seg == cls
+        slices = np.flatnonzero(mask.any((1, 2)))
+        if len(slices):
+            rows, cols = mask[slices].any(2), mask[slices].any(1)  # (slices, y), (slices, x)
+            out[cls] = np.stack([_span(rows), _span(cols)], 1)
+    return out
+
+
+def _span(occupied: np.ndarray) -> np.ndarray:
+    """Per row of a (n, length) bool array with at least one True: last - first True + 1."""
+    length = occupied.shape[1]
+    return length - occupied[:, ::-1].argmax(1) - occupied.argmax(1)
 
 
 def covering_odd(value: float, limit: int) -> int:
@@ -103,10 +124,11 @@ def pgps_statistics(preprocessed_folder: Path, plans: Mapping, configuration: st
     dataset = infer_dataset_class(str(folder))(str(folder), cases)
     names = {value: name for name, value in table.label_names.items()}
     extents: dict[str, list] = {name: [] for name in table.label_names}
+    measure = slice_extents if len(stride) == 2 else bounding_box_extents
     for case in tqdm(cases, desc=f"organ extents ({configuration})", disable=not progress):
         seg = dataset.load_case(case)[1][0]
-        for cls, extent in bounding_box_extents(seg, table.classes_of(table.ground_truth_labels(case))).items():
-            extents[names[cls]].append(extent / stride)
+        for cls, extent in measure(seg, table.classes_of(table.ground_truth_labels(case))).items():
+            extents[names[cls]].extend(np.atleast_2d(extent) / stride)
     summary = summarize({k: np.array(v) for k, v in extents.items()})
     common, per_organ = choose_patch_sizes(summary, feature_shape)
     return {"stage": stage, "stride": stride.tolist(), "feature_shape": feature_shape, "extents": summary,
@@ -118,9 +140,10 @@ def plot_extents(statistics: Mapping, path: Path, title: str) -> None:
     with the chosen common patch size as a dashed line."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(4 * 3, 3.5))
-    for axis, name in enumerate(("H (z)", "W (y)", "D (x)")):
-        ax = figure.add_subplot(1, 3, axis + 1)
+    axes = ("H (z)", "W (y)", "D (x)")[-len(statistics["patch_size"]):]
+    figure = Figure(figsize=(4 * len(axes), 3.5))
+    for axis, name in enumerate(axes):
+        ax = figure.add_subplot(1, len(axes), axis + 1)
         boxes = [{"med": s["p50"][axis], "q1": s["p25"][axis], "q3": s["p75"][axis], "whislo": s["p10"][axis],
                   "whishi": s["p90"][axis], "label": organ} for organ, s in statistics["extents"].items()]
         ax.bxp(boxes, showfliers=False)

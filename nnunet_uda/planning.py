@@ -137,14 +137,12 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ResEncM", configuration
 
 
 def _add_pgps_statistics(plans_file: Path, configurations, table: DomainTable) -> None:
-    """Store PGPS patch sizes per 3D configuration in ``plans["uda"]["pgps"]`` and plot the extents."""
+    """Store PGPS patch sizes per configuration in ``plans["uda"]["pgps"]`` and plot the extents."""
     from nnunet_uda.organ_extents import pgps_statistics, plot_extents
 
     plans = json.loads(plans_file.read_text())
     block = plans[PLANS_KEY].setdefault("pgps", {})
     for configuration in configurations:
-        if len(plans["configurations"][configuration]["patch_size"]) != 3:
-            continue
         try:
             block[configuration] = pgps_statistics(plans_file.parent, plans, configuration, table)
         except ValueError as error:

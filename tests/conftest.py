@@ -78,9 +78,19 @@ def uda_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def semi_supervised_phantom(tmp_path_factory):
-    """The co-training trainers' shared fixture: half of 10 CT cases labeled, planned, 3 iterations an epoch."""
+    """The co-training trainers' shared fixture: half of 10 CT cases labeled, planned in 3d_fullres and 2d, 3
+    iterations an epoch."""
     return tiny_phantom(tmp_path_factory.mktemp("semi_supervised"), 954,
-                        ("--semi_supervised", "0.5", "--n_source", "10"), iterations=3)
+                        ("--semi_supervised", "0.5", "--n_source", "10"), iterations=3,
+                        configurations=("3d_fullres", "2d"))
+
+
+@pytest.fixture(scope="session")
+def unpaired_phantom(tmp_path_factory):
+    """CT labeled, T1 and T2 unlabeled (no modality pairs), planned in 3d_fullres and 2d: CISFA's and the 2d
+    tests' shared fixture."""
+    return tiny_phantom(tmp_path_factory.mktemp("unpaired"), 955, ("--n_source", "5", "--n_target", "2"),
+                        configurations=("3d_fullres", "2d"))
 
 
 @pytest.fixture

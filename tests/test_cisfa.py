@@ -7,22 +7,14 @@ import math
 import pytest
 import torch
 
-from conftest import changed, tiny_phantom, train_tiny
+from conftest import changed, train_tiny
 
-DATASET = 955
 TRAINER = "nnUNetTrainerCISFA"
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    """CT labeled, MRI unlabeled, planned in 3d_fullres and 2d."""
-    return tiny_phantom(tmp_path_factory.mktemp("cisfa"), DATASET, ("--n_source", "5", "--n_target", "2"),
-                        configurations=("3d_fullres", "2d"))
-
-
-@pytest.fixture(scope="module")
-def cisfa_run(phantom):
-    return train_tiny(phantom, TRAINER)
+def cisfa_run(unpaired_phantom):
+    return train_tiny(unpaired_phantom, TRAINER)
 
 
 def test_training_logs_every_term_resumes_and_writes_its_generator(cisfa_run):
@@ -142,8 +134,8 @@ def test_the_generator_step_trains_the_patch_heads(cisfa_run, build_trainer):
     assert changed(before[0], trainer.patch_heads) and changed(before[1], trainer.generator)
 
 
-def test_2d_configuration_trains_and_predicts(phantom):
-    run = train_tiny(phantom, TRAINER, resume=False, configuration="2d")
+def test_2d_configuration_trains_and_predicts(unpaired_phantom):
+    run = train_tiny(unpaired_phantom, TRAINER, resume=False, configuration="2d")
     checkpoint = torch.load(run["results"] / "checkpoint_final.pth", weights_only=False)
     assert all(map(math.isfinite, checkpoint["logging"]["l_pcl"] + checkpoint["logging"]["l_gcl"]))
     assert len(list(run["predictions"].rglob("*.nii.gz"))) == 3
@@ -152,7 +144,7 @@ def test_2d_configuration_trains_and_predicts(phantom):
 def test_translate_takes_the_cisfa_generator(cisfa_run):
     from nnunet_uda.pipeline import command
 
-    cisfa_run["run"]("translate", command("nnUNetv2_uda_translate"), "-d", str(DATASET), "-o", "956",
+    cisfa_run["run"]("translate", command("nnUNetv2_uda_translate"), "-d", str(cisfa_run["dataset"]), "-o", "956",
                      "-m", str(cisfa_run["results"]))
     translated = next((cisfa_run["work"] / "nnUNet_raw").glob("Dataset956_*"))
     assert len(list((translated / "imagesTr").glob("*.nii.gz"))) >= 5

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from nnunet_uda.organ_extents import (bounding_box_extents, choose_patch_sizes, contrast_stage, covering_odd,
-                                      cumulative_stride, summarize)
+                                      cumulative_stride, slice_extents, summarize)
 
 
 def test_contrast_stage_is_the_first_at_stride_four():
@@ -31,3 +31,14 @@ def test_bounding_boxes_and_choice():
     assert common == [3, 3, 5] and per_organ == {"a": [3, 5, 5], "b": [1, 1, 1]}
     with pytest.raises(ValueError, match="no hand-drawn organ masks"):
         choose_patch_sizes({}, (9, 9, 9))
+
+
+def test_slice_extents_are_the_in_plane_boxes_of_each_slice():
+    """The 2d configuration's organ extents: one (y, x) box per axial slice holding the organ."""
+    seg = np.zeros((4, 10, 12), dtype=np.uint8)
+    seg[1, 2:5, 3:4] = 1
+    seg[1, 8, 10] = 1
+    seg[3, 0:10, 6:9] = 1
+    seg[2, 5, 5] = 2
+    extents = slice_extents(seg, [1, 2, 3])
+    assert {k: v.tolist() for k, v in extents.items()} == {1: [[7, 8], [10, 3]], 2: [[1, 1]]}

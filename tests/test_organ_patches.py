@@ -104,3 +104,33 @@ def test_gradients_reach_features_not_predictions():
     patches.embeddings.sum().backward()
     assert features.grad.abs().sum() > 0 and logits.grad is None
     assert math.isclose(float(features.grad.sum()), float(patches.present.sum() * 3 * 27))
+
+
+def test_2d_squares_match_the_loop_definition():
+    """nnU-Net's 2d configuration: centres and squares of 2D maps (organ-adaptive ones pooled) as in 3D."""
+    probs = random_probs(5, shape=(16, 16))
+    features = torch.randn(2, 3, 8, 8)
+    low = downsample_probabilities(probs, (8, 8))
+    torch.testing.assert_close(low[0, :, 0, 0], probs[0, :, :2, :2].mean((1, 2)))
+    patches = OrganPatchSampler((3, 3), organ_sizes={1: (5, 5)})(features, probs)
+    assert patches.embeddings.shape == (2, 3, 3 * 3 * 3) and patches.starts.shape == (2, 3, 2)
+    for b in range(2):
+        for k in range(1, 4):
+            winner = low[b].argmax(0)
+            pixels = [(i, j) for i in range(8) for j in range(8) if winner[i, j] == k]
+            assert bool(patches.present[b, k - 1]) == bool(pixels)
+            if not pixels:
+                continue
+            centre = np.mean(pixels, axis=0)
+            np.testing.assert_allclose(patches.centres[b, k - 1].numpy(), centre, rtol=1e-5)
+            size = 5 if k == 1 else 3
+            lo = [min(max(int(round(c)) - (size - 1) // 2, 0), 8 - size) for c in centre]
+            square = features[b, :, lo[0]:lo[0] + size, lo[1]:lo[1] + size]
+            if size == 5:
+                square = torch.nn.functional.adaptive_avg_pool2d(square, (3, 3))
+            torch.testing.assert_close(patches.embeddings[b, k - 1], square.reshape(-1))
+
+
+def test_a_size_of_the_wrong_dimensionality_is_named():
+    with pytest.raises(ValueError, match=r"\(7, 7, 7\) has 3 axes, the feature maps 2"):
+        OrganPatchSampler((7, 7, 7))(torch.randn(1, 2, 8, 8), random_probs(6, b=1, shape=(8, 8)))

@@ -14,9 +14,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
+
 GAN_MODES = ("vanilla", "lsgan")
 
 
+@full_precision
 def adversarial_loss(logits: torch.Tensor, real: bool, mode: str = "vanilla") -> torch.Tensor:
     """Mean over patches of -log sigma(l) (``real``) or -log(1 - sigma(l)); lsgan: (l - 1)^2 or l^2."""
     if mode == "vanilla":
@@ -33,6 +36,7 @@ def discriminator_loss(discriminator, real: torch.Tensor, fake: torch.Tensor, mo
                   + adversarial_loss(discriminator(fake.detach()), False, mode))
 
 
+@full_precision
 def cycle_loss(image: torch.Tensor, cycled: torch.Tensor) -> torch.Tensor:
     """Eq. 3, one direction: || G(F(x)) - x ||_1 averaged over pixels."""
     return (cycled - image).abs().mean()

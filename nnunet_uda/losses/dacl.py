@@ -28,18 +28,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
 from nnunet_uda.losses.sampling import sample_per_class, uniform
 from nnunet_uda.memory import ClassMemoryBank
 
 NEG_INF = float("-inf")
 
 
+@full_precision
 def knn_density(features: torch.Tensor, valid: torch.Tensor, bank: torch.Tensor, bank_valid: torch.Tensor,
                 scales=(8, 16, 32)) -> torch.Tensor:
     """Eqs. 3-5: (C, n) density of each valid feature ``features`` (C, n, D) of class c (``valid`` (C, n)): the mean
     cosine similarity to its k nearest neighbours among the class's other valid batch features and its valid bank
-    features ``bank`` (C, L, D) (``bank_valid`` (C, L)), averaged over the k of ``scales``. No gradient."""
-    with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+    features ``bank`` (C, L, D) (``bank_valid`` (C, L)), averaged over the k of ``scales``. No gradient; in
+    full precision."""
+    with torch.no_grad():
         c, n, _ = features.shape
         f = F.normalize(features.float(), dim=-1)
         keys = torch.cat((F.normalize(bank.float(), dim=-1), f), 1)
@@ -108,32 +111,32 @@ def draw_negatives(valid: torch.Tensor, count: int, generator: torch.Generator |
     return index, exists
 
 
+@full_precision
 def soft_contrast(anchors: torch.Tensor, valid: torch.Tensor, centres: torch.Tensor, centre_valid: torch.Tensor,
                   negatives: torch.Tensor, negative_valid: torch.Tensor, tau: float = 0.4,
                   weights: torch.Tensor | None = None, form: str = "supcon") -> torch.Tensor:
     """Eq. 10 (module docstring). ``anchors`` (C, N_q, D) with ``valid`` (C, N_q); ``centres`` (C, D) with
     ``centre_valid`` (C,); ``negatives`` (C, N_p-, D) with ``negative_valid`` (C,); ``weights`` (C, N_q) the w_i
     of eq. 9 (None: 1). Mean over the classes with anchors, a centre and negatives; without any, a zero
-    connected to ``anchors``. Computed in float32 at least, autocast off."""
+    connected to ``anchors``. In full precision (:mod:`~nnunet_uda.losses.precision`)."""
     if form not in ("supcon", "printed"):
         raise ValueError(f"form must be 'supcon' or 'printed', not {form!r}")
-    with torch.autocast(anchors.device.type, enabled=False):
-        dtype = torch.promote_types(anchors.dtype, torch.float32)
-        m = F.normalize(anchors.to(dtype), dim=-1)
-        positive = (m * F.normalize(centres.to(dtype), dim=-1)[:, None]).sum(-1) / tau  # (C, N_q)
-        negative = torch.einsum("cqd,cpd->cqp", m, F.normalize(negatives.to(dtype), dim=-1)) / tau
-        w = torch.ones_like(positive) if weights is None else weights.to(dtype)
-        if form == "supcon":
-            terms = torch.logsumexp(torch.cat((positive[..., None], negative), -1), -1) - positive
-            w = w.detach() * valid
-            per_class = (w * terms).sum(1) / w.sum(1).clamp_min(torch.finfo(dtype).tiny)
-        else:
-            terms = torch.logsumexp(negative, -1) - positive - torch.log(w.clamp_min(torch.finfo(dtype).tiny))
-            per_class = torch.where(valid, terms, 0).sum(1) / valid.sum(1).clamp_min(1)
-        used = valid.any(1) & centre_valid & negative_valid
-        if not bool(used.any()):
-            return anchors.sum() * 0.0
-        return per_class[used].mean()
+    m = F.normalize(anchors, dim=-1)
+    tiny = torch.finfo(m.dtype).tiny
+    positive = (m * F.normalize(centres.to(m.dtype), dim=-1)[:, None]).sum(-1) / tau  # (C, N_q)
+    negative = torch.einsum("cqd,cpd->cqp", m, F.normalize(negatives.to(m.dtype), dim=-1)) / tau
+    w = torch.ones_like(positive) if weights is None else weights.to(m.dtype)
+    if form == "supcon":
+        terms = torch.logsumexp(torch.cat((positive[..., None], negative), -1), -1) - positive
+        w = w.detach() * valid
+        per_class = (w * terms).sum(1) / w.sum(1).clamp_min(tiny)
+    else:
+        terms = torch.logsumexp(negative, -1) - positive - torch.log(w.clamp_min(tiny))
+        per_class = torch.where(valid, terms, 0).sum(1) / valid.sum(1).clamp_min(1)
+    used = valid.any(1) & centre_valid & negative_valid
+    if not bool(used.any()):
+        return anchors.sum() * 0.0
+    return per_class[used].mean()
 
 
 class DensityAwareContrast:

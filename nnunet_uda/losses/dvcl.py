@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
 from nnunet_uda.losses.sampling import permutation
 from nnunet_uda.memory import FeatureQueue, distributed_world_size
 
@@ -38,6 +39,7 @@ def kth_similarity(similarity: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(others, k, dim=1).values[:, -1]
 
 
+@full_precision
 def dvcl_loss(query_features: torch.Tensor, query_probs: torch.Tensor, candidate_features: torch.Tensor,
               candidate_probs: torch.Tensor, k: int, k_far: int, u: int, r: float = 0.5, nps: bool = True,
               qds: bool = True, n_unreliable: int | None = None) -> torch.Tensor:
@@ -45,21 +47,13 @@ def dvcl_loss(query_features: torch.Tensor, query_probs: torch.Tensor, candidate
     candidates: ``candidate_features`` (L, d), ``candidate_probs`` (L, C), used as given (the queue is
     detached). ``k``, ``k_far``, ``u``: K, K', U; ``r``: affinity of ordinary neighbours; ``nps``,
     ``qds``: the two strategies (off: every affinity 1, every query kept); ``n_unreliable``: |U_R| of
-    eq. 18 (default Q). A zero connected to ``query_probs`` when no query is kept. Computed in
-    float32 at least, autocast off (half-precision cosines would tie in the rankings)."""
-    with torch.autocast(query_probs.device.type, enabled=False):
-        return _dvcl_loss(query_features, query_probs, candidate_features, candidate_probs, k, k_far, u, r, nps, qds,
-                          n_unreliable)
-
-
-def _dvcl_loss(query_features, query_probs, candidate_features, candidate_probs, k, k_far, u, r, nps, qds,
-               n_unreliable):
+    eq. 18 (default Q). A zero connected to ``query_probs`` when no query is kept. In full precision
+    (:mod:`~nnunet_uda.losses.precision`: half-precision cosines would tie in the rankings)."""
     q, l = query_features.shape[0], candidate_features.shape[0]
     if q == 0 or l == 0:
         return query_probs.sum() * 0.0
-    dtype = torch.promote_types(query_features.dtype, torch.float32)
-    queries = F.normalize(query_features.detach().to(dtype), dim=1)
-    candidates = F.normalize(candidate_features.detach().to(dtype), dim=1)
+    queries = F.normalize(query_features.detach(), dim=1)
+    candidates = F.normalize(candidate_features.detach().to(queries.dtype), dim=1)
     to_candidates = queries @ candidates.T  # (Q, L)
     kk, kf = min(k, l), min(k_far, l)
     cosine, near = torch.topk(to_candidates, kk, dim=1)  # C_m^K (eq. 12)
@@ -73,8 +67,7 @@ def _dvcl_loss(query_features, query_probs, candidate_features, candidate_probs,
     if not bool(keep.any()):
         return query_probs.sum() * 0.0
 
-    probs = query_probs.to(torch.promote_types(query_probs.dtype, torch.float32))
-    inner = probs @ candidate_probs.to(probs.dtype).T  # p_m . p_n, (Q, L)
+    inner = query_probs @ candidate_probs.to(query_probs.dtype).T  # p_m . p_n, (Q, L)
     affinity = torch.full_like(inner[:, :kk], r).masked_fill(relevant, 1.0)  # eq. 14
     n_u = max(q if n_unreliable is None else int(n_unreliable), 1)
     psi = (-(affinity * inner.gather(1, near)).sum(1) + inner.gather(1, far).sum(1)

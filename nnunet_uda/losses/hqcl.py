@@ -24,25 +24,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
 from nnunet_uda.losses.sampling import grouped_by_class, sample_per_class, uniform
 from nnunet_uda.memory import ClassMemoryBank, distributed_world_size
 
 
+@full_precision
 def hqcl_loss(anchors: torch.Tensor, anchor_valid: torch.Tensor, centres: torch.Tensor, centre_valid: torch.Tensor,
               negatives: torch.Tensor, negative_valid: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """L_hqcl (eq. 10). ``anchors`` (C, M, d) with ``anchor_valid`` (C, M); ``centres`` (C, d) P_c with
     ``centre_valid`` (C,); ``negatives`` (C, M, N, d) per anchor with ``negative_valid`` (C, M, N).
     Mean over the valid anchors of a class, then over the classes with a valid anchor and centre;
-    without any, a zero connected to ``anchors``. Computed in float32 at least, autocast off."""
-    with torch.autocast(anchors.device.type, enabled=False):
-        return _hqcl_loss(anchors, anchor_valid, centres, centre_valid, negatives, negative_valid, sigma)
-
-
-def _hqcl_loss(anchors, anchor_valid, centres, centre_valid, negatives, negative_valid, sigma):
-    dtype = torch.promote_types(anchors.dtype, torch.float32)
-    a = F.normalize(anchors.to(dtype), dim=-1)
-    positive = (a * F.normalize(centres.to(dtype), dim=-1)[:, None]).sum(-1) / sigma  # (C, M)
-    negative = torch.einsum("cmd,cmnd->cmn", a, F.normalize(negatives.to(dtype), dim=-1)) / sigma
+    without any, a zero connected to ``anchors``. In full precision (:mod:`~nnunet_uda.losses.precision`)."""
+    a = F.normalize(anchors, dim=-1)
+    positive = (a * F.normalize(centres, dim=-1)[:, None]).sum(-1) / sigma  # (C, M)
+    negative = torch.einsum("cmd,cmnd->cmn", a, F.normalize(negatives, dim=-1)) / sigma
     negative = negative.masked_fill(~negative_valid, float("-inf"))
     terms = torch.logsumexp(torch.cat((positive[..., None], negative), -1), -1) - positive  # -log of eq. 10's ratio
     per_class = torch.where(anchor_valid, terms, 0).sum(1) / anchor_valid.sum(1).clamp_min(1)

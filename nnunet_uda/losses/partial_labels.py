@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_uda.losses.precision import full_precision
+
 
 def merged_log_probs(logits: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
     """Log-probabilities with unannotated classes pooled into the background channel.
@@ -78,8 +80,9 @@ class PartialLabelLoss(nn.Module):
         self.focal_gamma = focal_gamma
         self.smooth = smooth
 
+    @full_precision
     def forward(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-        """``target`` (B, 1, *s) as nnU-Net's loader gives it; ``annotated`` (B, C) bool."""
+        """``target`` (B, 1, *s) as nnU-Net's loader gives it; ``annotated`` (B, C) bool. In full precision."""
         target = target[:, 0].long()
         valid = target != self.ignore_label if self.ignore_label is not None else torch.ones_like(target, dtype=torch.bool)
         clean = torch.where(valid, target, 0)

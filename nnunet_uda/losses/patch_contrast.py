@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
+
 #: stands in for -inf in masked log-sum-exps (keeps gradients finite where a set is empty)
 MASKED = -1e4
 
@@ -40,8 +42,9 @@ def info_nce_terms(embeddings: torch.Tensor, classes: torch.Tensor, groups: torc
     return (terms * positive).sum(1) / positive.sum(1).clamp_min(1), positive.any(1)
 
 
+@full_precision
 def patch_contrastive_loss(embeddings: torch.Tensor, present: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """l_fpc (eq. 4). ``embeddings`` (B, K, D) organ patches, ``present`` (B, K) bool."""
+    """l_fpc (eq. 4). ``embeddings`` (B, K, D) organ patches, ``present`` (B, K) bool; in full precision."""
     b, k = present.shape
     sample, organ = torch.nonzero(present, as_tuple=True)
     per_anchor, has_positive = info_nce_terms(embeddings[sample, organ], organ, sample, temperature)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
 from nnunet_uda.losses.sampling import uniform
 
 
@@ -47,32 +48,29 @@ def sample_positions(shape, count: int, generator: torch.Generator | None = None
     return torch.argsort(uniform(n, generator, device))[:count]
 
 
+@full_precision
 def patch_nce(queries: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor | None = None,
               tau: float = 0.2) -> torch.Tensor:
     """Eqs. 2-4 at one layer: ``queries`` (B, S, D) the translation's projected features, ``keys`` (B, S, D) the
     input's at the same S positions (key s is query s's positive, the others its negatives); ``weights`` (B, S)
-    w_p per position (None: 1). The mean of w_p(u) L_pcl(u) over the B x S queries, in float32 at least,
-    autocast off."""
-    with torch.autocast(queries.device.type, enabled=False):
-        dtype = torch.promote_types(queries.dtype, torch.float32)
-        q, k = F.normalize(queries.to(dtype), dim=-1), F.normalize(keys.to(dtype), dim=-1)
-        logits = q @ k.transpose(1, 2) / tau  # (B, S, S): row s, column s is the positive
-        terms = torch.logsumexp(logits, -1) - logits.diagonal(dim1=1, dim2=2)
-        if weights is not None:
-            terms = terms * weights.to(dtype)
-        return terms.mean()
+    w_p per position (None: 1). The mean of w_p(u) L_pcl(u) over the B x S queries, in full precision."""
+    q, k = F.normalize(queries, dim=-1), F.normalize(keys.to(queries.dtype), dim=-1)
+    logits = q @ k.transpose(1, 2) / tau  # (B, S, S): row s, column s is the positive
+    terms = torch.logsumexp(logits, -1) - logits.diagonal(dim1=1, dim2=2)
+    if weights is not None:
+        terms = terms * weights.to(q.dtype)
+    return terms.mean()
 
 
+@full_precision
 def global_contrast(first: torch.Tensor, second: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
-    """Eq. 5: NT-Xent over the pairs (``first[i]``, ``second[i]``), (t, D) each; in float32 at least, autocast off.
+    """Eq. 5: NT-Xent over the pairs (``first[i]``, ``second[i]``), (t, D) each; in full precision.
     A single pair has no negatives: its terms are -log(1) = 0."""
-    with torch.autocast(first.device.type, enabled=False):
-        dtype = torch.promote_types(first.dtype, torch.float32)
-        z = F.normalize(torch.cat((first, second)).to(dtype), dim=-1)
-        t = first.shape[0]
-        logits = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # k != i
-        partner = torch.cat((torch.arange(t, 2 * t), torch.arange(t))).to(z.device)
-        return (torch.logsumexp(logits, 1) - logits[torch.arange(2 * t, device=z.device), partner]).mean()
+    z = F.normalize(torch.cat((first, second.to(first.dtype))), dim=-1)
+    t = first.shape[0]
+    logits = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # k != i
+    partner = torch.cat((torch.arange(t, 2 * t), torch.arange(t))).to(z.device)
+    return (torch.logsumexp(logits, 1) - logits[torch.arange(2 * t, device=z.device), partner]).mean()
 
 
 def layered_patch_nce(source: list[torch.Tensor], translated: list[torch.Tensor], heads, labels: torch.Tensor,

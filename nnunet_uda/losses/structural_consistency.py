@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_uda.losses.precision import full_precision
+
 
 def predicted_classes(probs: torch.Tensor) -> torch.Tensor:
     """(B, C - 1) bool: foreground classes that win the argmax somewhere in each sample."""
@@ -75,6 +77,7 @@ def map_similarity(maps: torch.Tensor, similarity: str = "cosine") -> torch.Tens
     raise ValueError(f"unknown l_csc similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
 
 
+@full_precision
 def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, present: torch.Tensor,
                                 temperature: float | None = None, pairs: torch.Tensor | None = None,
                                 similarity: str = "cosine", eps: float = 1e-6) -> torch.Tensor:
@@ -84,7 +87,7 @@ def structural_consistency_loss(probs: torch.Tensor, domains: torch.Tensor, pres
     the InfoNCE form of the loss the paper cites for it (van den Oord et al.) and of eq. 4.
     ``pairs`` (B, B) bool: the ordered sample pairs (m1, m2) to compare, e.g. the two modalities of one
     subject (:func:`twin_pairs`); default every pair of different domains. ``similarity``: phi,
-    ``cosine`` as printed or ``dice`` (:func:`map_similarity`)."""
+    ``cosine`` as printed or ``dice`` (:func:`map_similarity`). In full precision."""
     b, k = present.shape
     maps = probs[:, 1:].float().reshape(b * k, -1)
     phi = map_similarity(maps, similarity).view(b, k, b, k).transpose(1, 2)  # (a, b, k, j)

@@ -14,6 +14,9 @@ size ps = 2r + 1 around it (eq. 2) is cut out of F (eq. 3). Adaptations, stated 
   cuboid size, and its cuboid is average-pooled to the common ``patch_size`` (adaptive pooling) so
   patches of all organs stay comparable.
 
+- in nnU-Net's ``2d`` configuration the same on the 2D feature maps: squares around the in-slice
+  centre of each organ (the paper is 3D; every function here takes 2D or 3D maps).
+
 Everything is vectorised over samples and organs (one gather per distinct cuboid size).
 """
 from __future__ import annotations
@@ -28,31 +31,38 @@ import torch.nn.functional as F
 @dataclass
 class OrganPatches:
     """``embeddings`` (B, K, D): each organ's feature cuboid, flattened (D = C * prod(patch_size));
-    ``present`` (B, K) bool; ``starts`` (B, K, 3) first voxel of each cuboid in the feature map;
-    ``centres`` (B, K, 3) float mean coordinates (NaN where absent). K counts foreground classes."""
+    ``present`` (B, K) bool; ``starts`` (B, K, A) first voxel of each cuboid in the feature map;
+    ``centres`` (B, K, A) float mean coordinates (NaN where absent). K counts foreground classes, A spatial
+    axes (3, or 2 in ``2d``)."""
     embeddings: torch.Tensor
     present: torch.Tensor
     starts: torch.Tensor
     centres: torch.Tensor
 
 
+def adaptive_average(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """(N, C, *s) 2D or 3D maps average-pooled to ``spatial_shape``."""
+    pool = F.adaptive_avg_pool2d if len(spatial_shape) == 2 else F.adaptive_avg_pool3d
+    return pool(x, tuple(spatial_shape))
+
+
 def downsample_probabilities(probs: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Ȳ': soft predictions (B, C, *s) averaged over the voxels of each cell of ``spatial_shape``."""
-    return F.adaptive_avg_pool3d(probs, tuple(spatial_shape))
+    return adaptive_average(probs, spatial_shape)
 
 
 def organ_centres(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean coordinate of each foreground class's argmax voxels.
 
-    ``probs`` (B, C, h, w, d) with background in channel 0. Returns centres (B, C - 1, 3), NaN
-    where absent, and present (B, C - 1) bool.
+    ``probs`` (B, C, *s) with background in channel 0, s of 3 (or 2) axes. Returns centres (B, C - 1, A),
+    NaN where absent, and present (B, C - 1) bool.
     """
     num_classes, spatial = probs.shape[1], probs.shape[2:]
-    onehot = F.one_hot(probs.argmax(1), num_classes).movedim(-1, 1)[:, 1:].float()  # (B, K, h, w, d)
-    counts = onehot.flatten(2).sum(2)
+    onehot = F.one_hot(probs.argmax(1), num_classes).movedim(-1, 1)[:, 1:].flatten(2).float()  # (B, K, N)
+    counts = onehot.sum(2)
     coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=probs.device, dtype=torch.float32)
-                                          for n in spatial), indexing="ij"))  # (3, h, w, d)
-    sums = torch.einsum("bkxyz,axyz->bka", onehot, coords)
+                                          for n in spatial), indexing="ij")).flatten(1)  # (A, N)
+    sums = torch.einsum("bkn,an->bka", onehot, coords)
     present = counts > 0
     centres = sums / counts.unsqueeze(-1)  # NaN where the class is absent
     return centres, present
@@ -60,6 +70,10 @@ def organ_centres(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fitted_size(size: Sequence[int], spatial_shape: Sequence[int]) -> tuple[int, ...]:
     """``size`` per axis, reduced to the largest odd size that fits the map where it does not."""
+    if len(size) != len(spatial_shape):
+        raise ValueError(f"PGPS cuboid size {tuple(size)} has {len(size)} axes, the feature maps "
+                         f"{len(spatial_shape)} ({tuple(spatial_shape)}); give one odd size per axis of the "
+                         f"configuration's patch")
     out = []
     for s, n in zip(size, spatial_shape):
         if s < 1 or s % 2 == 0:
@@ -70,7 +84,7 @@ def fitted_size(size: Sequence[int], spatial_shape: Sequence[int]) -> tuple[int,
 
 def cuboid_starts(centres: torch.Tensor, present: torch.Tensor, size: Sequence[int],
                   spatial_shape: Sequence[int]) -> torch.Tensor:
-    """First voxel (B, K, 3) of the cuboid of ``size`` centred on the rounded centre (eq. 2),
+    """First voxel (B, K, A) of the cuboid of ``size`` centred on the rounded centre (eq. 2),
     shifted to lie inside the map; absent organs get 0."""
     size_t = torch.tensor(size, device=centres.device)
     upper = torch.tensor(spatial_shape, device=centres.device) - size_t
@@ -81,12 +95,14 @@ def cuboid_starts(centres: torch.Tensor, present: torch.Tensor, size: Sequence[i
 
 
 def gather_cuboids(features: torch.Tensor, starts: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """F[:, C_m^k] (eq. 3): (B, C, h, w, d) features, (B, K, 3) starts -> (B, K, C, *size)."""
-    b, c, h, w, d = features.shape
+    """F[:, C_m^k] (eq. 3): (B, C, *s) features, (B, K, A) starts -> (B, K, C, *size)."""
+    (b, c), spatial = features.shape[:2], features.shape[2:]
     k = starts.shape[1]
     offsets = torch.meshgrid(*(torch.arange(s, device=features.device) for s in size), indexing="ij")
-    zi, yi, xi = (starts[..., a, None, None, None] + offsets[a] for a in range(3))  # (B, K, *size)
-    linear = ((zi * w + yi) * d + xi).reshape(b, 1, -1).expand(b, c, -1)
+    linear = torch.zeros((), dtype=torch.long, device=features.device)
+    for axis, n in enumerate(spatial):  # row-major index of each cuboid voxel, (B, K, *size)
+        linear = linear * n + starts[(..., axis) + (None,) * len(size)] + offsets[axis]
+    linear = linear.reshape(b, 1, -1).expand(b, c, -1)
     patches = features.flatten(2).gather(2, linear)  # (B, C, K * prod(size))
     return patches.view(b, c, k, *size).transpose(1, 2)
 
@@ -104,7 +120,7 @@ class OrganPatchSampler:
         self.organ_sizes = {int(k): tuple(int(s) for s in v) for k, v in (organ_sizes or {}).items()}
 
     def __call__(self, features: torch.Tensor, probs: torch.Tensor) -> OrganPatches:
-        """``features`` (B, C, h, w, d); ``probs`` (B, K + 1, *s) softmax predictions at any
+        """``features`` (B, C, *s), 3D or 2D maps; ``probs`` (B, K + 1, *s) softmax predictions at any
         resolution (detached: sampling positions carry no gradient)."""
         spatial = features.shape[2:]
         centres, present = organ_centres(downsample_probabilities(probs.detach().float(), spatial))
@@ -118,7 +134,7 @@ class OrganPatchSampler:
             group_starts = cuboid_starts(centres[:, organs], present[:, organs], size, spatial)
             cuboids = gather_cuboids(features, group_starts, size)
             if size != common:
-                cuboids = F.adaptive_avg_pool3d(cuboids.flatten(0, 1), common).view(b, len(organs), c, *common)
+                cuboids = adaptive_average(cuboids.flatten(0, 1), common).view(b, len(organs), c, *common)
             embeddings[:, organs] = cuboids
             starts[:, organs] = group_starts
         return OrganPatches(embeddings.flatten(2), present, starts, centres)

@@ -33,7 +33,9 @@ in detail" and "Measured"); every weight and constant is a class attribute a var
   (``csc_similarity``, ``csc_temperature``): eq. 5 as printed, with the cosine, is minimised by faint
   copies of the twin's maps;
 - l_csc holds, per organ, the maps of the samples whose labels for it are hand-drawn (``csc_anchors``);
-- focal gamma 2 without alpha, tau 0.07 for l_fpc (the paper gives neither).
+- focal gamma 2 without alpha, tau 0.07 for l_fpc (the paper gives neither);
+- in nnU-Net's ``2d`` configuration PGPS cuts squares of the 2D feature maps around each organ's
+  in-slice centre, their size planned from the organs' per-slice extents (the paper is 3D).
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
     use_fpc = True
     use_csc = True
     #: PGPS cuboid size at the feature resolution (odd per axis); None: planned, else the paper's 7
-    pgps_patch_size: tuple[int, int, int] | None = None
+    pgps_patch_size: tuple[int, ...] | None = None
     organ_adaptive_patches = False
 
     def initialize(self):
@@ -101,7 +103,8 @@ class nnUNetTrainerAICL(nnUNetTrainerUDA):
 
     def _build_patch_sampler(self) -> OrganPatchSampler:
         plans = self.plans_manager.plans
-        size = self.pgps_patch_size or pgps_patch_size(plans, self.configuration_name)
+        size = self.pgps_patch_size or pgps_patch_size(plans, self.configuration_name,
+                                                       len(self.configuration_manager.patch_size))
         organ_sizes = None
         if self.organ_adaptive_patches:
             planned = planned_pgps(plans, self.configuration_name)
