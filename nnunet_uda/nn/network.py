@@ -88,19 +88,21 @@ class DomainConditionedUNet(FeatureUNet):
         replace_instance_norms(self.encoder, len(domain_names), self.context)
         self.register_buffer("inference_domain", torch.tensor(domain_names.index(inference_domain)))
 
-    def resolve_inference_domain(self) -> int:
+    def inference_domains(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) the inference domain for every sample of ``x``; read without a host synchronisation (no
+        ``.item()``), so torch.compile traces it into the graph."""
         name = os.environ.get(INFERENCE_DOMAIN_ENV)
         if not name:
-            return int(self.inference_domain)
+            return self.inference_domain.expand(x.shape[0])
         if name not in self.domain_names:
             raise ValueError(f"{INFERENCE_DOMAIN_ENV}={name!r} is not one of this model's domains "
                              f"({', '.join(self.domain_names)})")
-        return self.domain_names.index(name)
+        return torch.full((x.shape[0],), self.domain_names.index(name), dtype=torch.long, device=x.device)
 
     def encode(self, x: torch.Tensor, domains: torch.Tensor | None) -> list[torch.Tensor]:
         """Encoder outputs, each sample normalised with its domain's parameters (default: the inference domain)."""
         if domains is None:
-            domains = torch.full((x.shape[0],), self.resolve_inference_domain(), dtype=torch.long, device=x.device)
+            domains = self.inference_domains(x)
         self.context.domains = domains.to(device=x.device, dtype=torch.long)
         try:
             return self.encoder(x)

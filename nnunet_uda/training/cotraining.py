@@ -26,7 +26,8 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
 With ``projection_dim`` set, each network gets a :class:`~nnunet_uda.nn.projection.ProjectionHead` on its
 decoder stage ``feature_stage`` (0: full resolution), fed from the same forward pass, applied to the voxels a
 method samples; subclasses receive both networks' :class:`CoTrainingOutputs` in :meth:`method_losses`. DDP: network B and the heads are wrapped
-like network A; every term keeps every parameter in the graph (a zero weight multiplies, it does not skip).
+like network A (and compiled like it); every term keeps every parameter in the graph (a zero weight multiplies,
+it does not skip).
 Measurements and choices: docs/methods/dvcl.md.
 """
 from __future__ import annotations
@@ -114,7 +115,11 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         return [self.network_b, *self.heads]
 
     def initialize(self):
+        """Network B is compiled where nnU-Net compiles network A (CUDA, ``nnUNet_compile``) and wrapped in DDP
+        like it; the checkpoint keeps the bare modules registered in :meth:`configure_optimizers`."""
         super().initialize()
+        if self._do_i_compile():
+            self.network_b = torch.compile(self.network_b)
         if self.is_ddp:
             self.network_b = DDP(self.network_b, device_ids=self._ddp_devices())
             self.heads = [DDP(h, device_ids=self._ddp_devices()) for h in self.heads]
