@@ -6,45 +6,15 @@
   unreliable voxels (section 3.4, after NNCLR).
 
 Both store detached float32 copies and are filled in arrival order: the newest rows overwrite the
-oldest. Under DDP, ``push`` first gathers the rows of every rank (:func:`gather_rows`, in rank order),
+oldest. Under DDP, ``push`` first gathers the rows of every rank (:func:`~nnunet_uda.distributed.gather_rows`, in rank order),
 so every rank holds the same buffers; every rank must then call ``push`` the same number of times
 (a rank without rows pushes an empty tensor).
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
-
-def distributed_world_size() -> int:
-    """The DDP world size, 1 without an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """The rows of ``t`` (N, ...) of every DDP rank, concatenated in rank order; ``t`` itself outside DDP.
-
-    Ranks may hold different N: the sizes are gathered first and the rows padded to the largest.
-    The result is not connected to the graph (all-gather carries no gradient). With NCCL, ``t``
-    must be on the rank's GPU.
-    """
-    world = distributed_world_size()
-    if world == 1:
-        return t
-    is_bool = t.dtype == torch.bool
-    rows = t.to(torch.uint8) if is_bool else t.detach()
-    size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
-    padded = rows.new_zeros((max(sizes),) + tuple(rows.shape[1:]))
-    padded[:rows.shape[0]] = rows
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded.contiguous())
-    out = torch.cat([g[:n] for g, n in zip(gathered, sizes)])
-    return out.bool() if is_bool else out
+from nnunet_uda.distributed import gather_rows
 
 
 def check_shapes(owner: str, state: dict, expected: dict, settings: str) -> None:

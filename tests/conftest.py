@@ -3,6 +3,8 @@ import os
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
@@ -118,3 +120,19 @@ def _build(run, trainer_class, configuration):
 def changed(before: dict, module) -> bool:
     """Whether any floating-point entry of ``module``'s state differs from the saved ``before``."""
     return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.is_floating_point())
+
+
+def on_gloo_ranks(worker, tmp_path, *args, world: int = 2) -> list:
+    """``worker(rank, *args)`` in ``world`` CPU processes joined in a gloo process group (DDP's collectives on the
+    CPU); returns what each rank's call returned, in rank order. ``worker`` must be a module-level function."""
+    mp.spawn(_gloo_process, args=(world, worker, tmp_path, args), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+def _gloo_process(rank, world, worker, tmp_path, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'gloo_init'}", rank=rank, world_size=world)
+    try:
+        torch.save(worker(rank, *args), tmp_path / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

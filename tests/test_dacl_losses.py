@@ -5,9 +5,8 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import on_gloo_ranks
 import nnunet_uda.losses.dacl as dacl
 from nnunet_uda.losses.dacl import (DensityAwareContrast, draw_negatives, extreme, knn_density, positive_centres,
                                     positiveness, soft_contrast)
@@ -369,22 +368,18 @@ def test_masked_average_pool_is_eq2_per_image_and_class():
 
 # ---------------------------------------------------------------- DDP
 
-def _worker(rank, world, init_file, out):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _bank_worker(rank):
     torch.manual_seed(rank)
     module = DensityAwareContrast(3, 4, bank_size=20, candidates=16, anchors=4, positive_keys=4, negative_keys=4,
                                   bank_push=3)
     for step in range(3):
         n = (5, 9)[rank] if step != 1 else (0, 7)[rank]  # ranks with different counts, one empty
         loss = module(torch.randn(n, 4), torch.randint(0, 3, (n,)))
-    torch.save({"bank": module.state_dict(), "loss": loss}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    return {"bank": module.state_dict(), "loss": loss}
 
 
 def test_the_bank_is_gathered_across_two_gloo_ranks(tmp_path):
-    mp.spawn(_worker, args=(2, tmp_path / "init", tmp_path), nprocs=2, join=True)
-    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    states = on_gloo_ranks(_bank_worker, tmp_path)
     for key in ("features", "count", "head"):
         assert torch.equal(states[0]["bank"][key], states[1]["bank"][key]), key
     assert int(states[0]["bank"]["count"].sum()) > 9  # more than one rank's pushes (3 per class and step)

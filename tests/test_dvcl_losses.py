@@ -5,14 +5,14 @@ from collections import deque
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import on_gloo_ranks
+from nnunet_uda.distributed import gather_rows
 from nnunet_uda.losses.dvcl import DistanceAwareContrast, dvcl_loss
 from nnunet_uda.losses.entropy_selection import entropy_split
 from nnunet_uda.losses.hqcl import HighQualityContrast, hqcl_loss
 from nnunet_uda.losses.sampling import sample_per_class
-from nnunet_uda.memory import ClassMemoryBank, FeatureQueue, gather_rows
+from nnunet_uda.memory import ClassMemoryBank, FeatureQueue
 
 
 def cosine(a, b):
@@ -140,17 +140,14 @@ def test_queue_is_a_fifo_with_overflow():
         assert len(queue) == len(reference) and not features.requires_grad
 
 
-def _gather_worker(rank, world, init_file, out):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _gather_worker(rank):
     bank, queue = ClassMemoryBank(3, 4, 2), FeatureQueue(6, 2, 3)
     for step, n in enumerate(((2, 5), (0, 3), (4, 0))):  # different row counts, some empty
         features, labels, probs = _rank_rows(rank, step, n[rank])
         bank.push(features, labels)
         queue.push(features, probs)
     mask = gather_rows(torch.tensor([True, False]) if rank == 0 else torch.tensor([False]))
-    torch.save({"bank": bank.state_dict(), "queue": queue.state_dict(), "mask": mask}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    return {"bank": bank.state_dict(), "queue": queue.state_dict(), "mask": mask}
 
 
 def _rank_rows(rank, step, n):
@@ -158,9 +155,29 @@ def _rank_rows(rank, step, n):
     return torch.randn(n, 2, generator=g), torch.randint(0, 3, (n,), generator=g), torch.rand(n, 3, generator=g)
 
 
+def _esm_worker(rank):
+    return [entropy_split(_rank_probs(rank, step, n[rank]))[1:] for step, n in enumerate(((2, 1), (1, 0)))]
+
+
+def _rank_probs(rank, step, n):
+    g = torch.Generator().manual_seed(10 * rank + step)
+    return torch.softmax(2 * torch.randn(n, 3, 4, 4, 4, generator=g), 1)
+
+
+def test_the_entropy_threshold_pools_the_voxels_of_two_gloo_ranks(tmp_path):
+    """Eq. 6 over the global batch: each rank's masks are those of its samples in the one-process split of the
+    concatenated batch, also where a rank holds no sample."""
+    ranks = on_gloo_ranks(_esm_worker, tmp_path)
+    for step, n in enumerate(((2, 1), (1, 0))):
+        _, reliable, unreliable = entropy_split(torch.cat([_rank_probs(r, step, n[r]) for r in range(2)]))
+        assert torch.equal(torch.cat([ranks[r][step][0] for r in range(2)]), reliable)
+        assert torch.equal(torch.cat([ranks[r][step][1] for r in range(2)]), unreliable)
+        own = entropy_split(_rank_probs(0, step, n[0]))[1]
+        assert step == 1 or not torch.equal(own, reliable[:n[0]])  # a rank's own threshold differs
+
+
 def test_bank_and_queue_gather_across_two_gloo_ranks(tmp_path):
-    mp.spawn(_gather_worker, args=(2, tmp_path / "init", tmp_path), nprocs=2, join=True)
-    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    states = on_gloo_ranks(_gather_worker, tmp_path)
     bank, queue = ClassMemoryBank(3, 4, 2), FeatureQueue(6, 2, 3)
     for step, n in enumerate(((2, 5), (0, 3), (4, 0))):
         rows = [_rank_rows(rank, step, n[rank]) for rank in range(2)]

@@ -5,7 +5,8 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from nnunet_uda.losses.partial_labels import PartialLabelLoss
+from conftest import on_gloo_ranks
+from nnunet_uda.losses.partial_labels import PartialLabelLoss, partial_soft_dice
 
 IGNORE = 4
 
@@ -117,3 +118,34 @@ def test_absent_class_and_single_class_are_finite():
     loss = PartialLabelLoss(IGNORE, False)(logits, target, torch.ones(3, 2, dtype=torch.bool))
     loss.backward()
     assert math.isfinite(loss.item()) and torch.isfinite(logits.grad).all()
+
+
+def _dice_share(rank):
+    """Rank ``rank``'s share (samples 2r, 2r + 1) of one batch: its batch Dice and the gradient of its probs."""
+    probs, target, annotated, valid = _dice_batch()
+    share = slice(2 * rank, 2 * rank + 2)
+    mine = probs[share].clone().requires_grad_()
+    loss = partial_soft_dice(mine, target[share], annotated[share], valid[share], batch_dice=True)
+    loss.backward()
+    return loss.detach(), mine.grad
+
+
+def _dice_batch():
+    g = torch.Generator().manual_seed(5)
+    probs = torch.softmax(torch.randn(4, 3, 4, 5, 6, generator=g), 1)
+    annotated = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]).bool()
+    return probs, torch.randint(0, 3, (4, 4, 5, 6), generator=g), annotated, torch.rand(4, 4, 5, 6, generator=g) > 0.1
+
+
+def test_batch_dice_pools_the_samples_of_two_gloo_ranks(tmp_path):
+    """As nnU-Net's batch Dice under DDP: every rank's loss is the whole batch's, and its gradient summed by DDP's
+    all-reduce and divided by the world size (2) is the whole batch's gradient of its samples."""
+    probs, target, annotated, valid = _dice_batch()
+    probs.requires_grad_()
+    expected = partial_soft_dice(probs, target, annotated, valid, batch_dice=True)
+    expected.backward()
+    ranks = on_gloo_ranks(_dice_share, tmp_path)
+    for rank, (loss, grad) in enumerate(ranks):
+        torch.testing.assert_close(loss, expected.detach())
+        torch.testing.assert_close(grad / 2, probs.grad[2 * rank:2 * rank + 2])
+    assert not torch.allclose(_dice_share(0)[0], expected.detach())  # alone, a rank's batch Dice differs

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from nnunet_uda.losses.precision import full_precision
 from nnunet_uda.losses.sampling import permutation
-from nnunet_uda.memory import FeatureQueue, distributed_world_size
+from nnunet_uda.distributed import distributed_world_size
+from nnunet_uda.memory import FeatureQueue
 
 
 def kth_similarity(similarity: torch.Tensor, k: int) -> torch.Tensor:

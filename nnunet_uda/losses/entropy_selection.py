@@ -8,11 +8,14 @@ The logarithm is natural and p log p is 0 at p = 0. Eq. 6's spread is the popula
 deviation (division by B * D * H * W), called "variance" in the text. A voxel exactly at tau_e is
 neither reliable nor unreliable, as eq. 5's strict inequalities say; a batch of equal entropies
 (std 0) has tau_e equal to them, exactly (not up to the rounding of the mean), so no voxel is
-either. One call computes one network's threshold (tau_e^A or tau_e^B).
+either. One call computes one network's threshold (tau_e^A or tau_e^B); under DDP every rank must make it.
 """
 from __future__ import annotations
 
 import torch
+from torch.distributed import ReduceOp
+
+from nnunet_uda.distributed import all_reduced
 
 
 def voxel_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -26,14 +29,20 @@ def entropy_split(probs: torch.Tensor, alpha: float = 0.5) -> tuple[torch.Tensor
     """ESM (eqs. 4-6) of one network's softmax ``probs`` (B, C, *spatial).
 
     Returns the entropy (B, *spatial) and the reliable and unreliable masks (bool, B, *spatial), all
-    detached; the threshold pools every voxel of the batch.
+    detached; the threshold pools every voxel of the batch, under DDP of every rank's share of it (the
+    count, sum, sum of squares and extremes reduced over the ranks, in float64), so all ranks use one tau_e.
     """
     with torch.no_grad():
         entropy = voxel_entropy(probs)
-        if entropy.numel() == 0:
+        e = entropy.double().flatten()
+        count, total, squares = all_reduced(torch.stack((e.new_tensor(e.numel()), e.sum(), e.square().sum())))
+        infinity = e.new_tensor(float("inf"))
+        low, negative_high = all_reduced(torch.stack((e.min() if e.numel() else infinity,
+                                                      -e.max() if e.numel() else infinity)), ReduceOp.MIN)
+        if count == 0:
             empty = torch.zeros_like(entropy, dtype=torch.bool)
             return entropy, empty, empty.clone()
-        tau = entropy.mean() + alpha * entropy.std(correction=0)
-        low, high = entropy.min(), entropy.max()
-        tau = torch.where(low == high, high, tau)
+        mean = total / count
+        tau = mean + alpha * (squares / count - mean * mean).clamp_min(0).sqrt()
+        tau = torch.where(low == -negative_high, -negative_high, tau)
         return entropy, entropy < tau, entropy > tau

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from nnunet_uda.losses.precision import full_precision
 from nnunet_uda.losses.sampling import grouped_by_class, sample_per_class, uniform
-from nnunet_uda.memory import ClassMemoryBank, distributed_world_size
+from nnunet_uda.distributed import distributed_world_size
+from nnunet_uda.memory import ClassMemoryBank
 
 
 @full_precision

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from torch import nn
 
+from nnunet_uda.distributed import all_reduced, distributed_world_size
 from nnunet_uda.losses.precision import full_precision
 
 
@@ -48,7 +50,9 @@ def partial_soft_dice(probs: torch.Tensor, target: torch.Tensor, annotated: torc
 
     ``probs`` (B, C, *s) softmax output; ``target`` (B, *s) integer labels; ``valid`` (B, *s) voxels
     that are not ignore. With ``batch_dice`` the sums run over the samples annotating each class.
-    Classes annotated by no sample of the batch are left out of the mean.
+    Classes annotated by no sample of the batch are left out of the mean. Under DDP the batch sums run over
+    every rank's samples (nnU-Net's ``AllGatherGrad``, as its own batch Dice), so each rank's loss is the global
+    batch's and DDP's gradient average is the gradient of it.
     """
     axes = tuple(range(2, probs.ndim))
     num_classes = probs.shape[1]
@@ -62,7 +66,11 @@ def partial_soft_dice(probs: torch.Tensor, target: torch.Tensor, annotated: torc
     weight = annotated[:, 1:].float()
     if batch_dice:
         intersect, sum_pred, sum_gt = ((t * weight).sum(0) for t in (intersect, sum_pred, sum_gt))
-        weight = (weight.sum(0) > 0).float()
+        weight = weight.sum(0)
+        if distributed_world_size() > 1:  # as nnU-Net's batch Dice under DDP: the sums of every rank's share
+            intersect, sum_pred, sum_gt = (AllGatherGrad.apply(t).sum(0) for t in (intersect, sum_pred, sum_gt))
+            weight = all_reduced(weight)
+        weight = (weight > 0).float()
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
     if weight.sum() == 0:
         return probs.sum() * 0.0
