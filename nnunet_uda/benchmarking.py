@@ -11,8 +11,17 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nnunet_uda.planning import DEFAULT_PLANS
+
+#: nnU-Net's ResEnc M 3d_fullres network as its planner (nnUNetPlannerResEncM) makes it for a 128^3 patch at
+#: isotropic spacing: 6 stages, features doubling from 32 to 320, 1-3-4-6-6-6 residual blocks per encoder stage;
+#: 14 outputs (FLARE's 13 organs and the background)
+RESENC_M = dict(input_channels=1, n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320], conv_op=nn.Conv3d,
+                kernel_sizes=3, strides=[1, 2, 2, 2, 2, 2], n_blocks_per_stage=[1, 3, 4, 6, 6, 6], num_classes=14,
+                n_conv_per_stage_decoder=[1] * 5, conv_bias=True, norm_op=nn.InstanceNorm3d,
+                norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True})
 
 
 def target_mean(means: dict, targets, metric: str = "dice", organ: str = "average") -> float:
