@@ -53,6 +53,18 @@ def test_a_pair_is_cropped_at_one_place_of_their_centred_volumes():
     assert len({tuple(np.asarray(b["data"][1]).ravel()[:50]) for b in batches}) > 5  # the crops move
 
 
+def test_2d_patches_are_one_slice_of_the_pair():
+    """nnU-Net's 2d configuration (a 2D patch size): each pair is one axial slice, the same in both volumes."""
+    data, seg = blobs((12, 12, 12), (1, 1, 1), 3)
+    cases = Cases({"t1": (data, seg), "ct": (data.copy(), seg.copy()), "ct2": blobs((12, 12, 12), (1, 1, 1), 4)})
+    loader = TwinBatchDataLoader(cases, 3, (8, 8), (8, 8), LABELS, {"t1": "ct"}, extra=["ct2"],
+                                 oversample_foreground_percent=1.0)
+    for _ in range(5):
+        batch = loader.generate_train_batch()
+        assert batch["data"].shape == (3, 1, 8, 8) and batch["target"].shape == (3, 1, 8, 8)
+        assert torch.equal(batch["data"][0], batch["data"][2]) and (batch["target"][0] > 0).any()
+
+
 def test_nnunet_training_transforms_move_both_alike():
     """nnU-Net's training transforms (rotation, scaling, elastic-free spatial transform, mirroring,
     deep supervision) on a pair of identical anatomies: the two label maps stay identical at every

@@ -156,6 +156,8 @@ class TwinBatchDataLoader(nnUNetDataLoader):
         return torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)
 
     def _transform(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.patch_size_was_2d:  # nnU-Net's 2d configuration: the crop is one slice thick (1, y, x)
+            image, labels = image[:, 0], labels[:, 0]
         if self.transforms is not None:
             out = self.transforms(image=image, segmentation=labels)
             image, labels = out["image"], out["segmentation"]
