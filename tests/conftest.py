@@ -44,10 +44,12 @@ def tiny_phantom(work, dataset: int, phantom_flags=(), iterations: int = 2, conf
                 preprocessed=work / "nnUNet_preprocessed" / name)
 
 
-def train_tiny(phantom: dict, trainer: str, resume: bool = True, configuration: str = "3d_fullres") -> dict:
+def train_tiny(phantom: dict, trainer: str, resume: bool = True, configuration: str = "3d_fullres",
+               domains=None) -> dict:
     """``nnUNetv2_train`` of ``trainer`` on a :func:`tiny_phantom` for one epoch, a second epoch through ``--c``
-    (unless not ``resume``), ``nnUNetv2_predict`` of every domain's test set. Returns the phantom's paths with
-    the results folder, the checkpoint written after the first epoch and the predictions."""
+    (unless not ``resume``), ``nnUNetv2_predict`` of every domain's test set (of ``domains`` if given; none if
+    empty). Returns the phantom's paths with the results folder, the checkpoint written after the first epoch and
+    the predictions."""
     from nnunet_uda.pipeline import command, predict_test_sets
     from nnunet_uda.planning import DEFAULT_PLANS
 
@@ -60,7 +62,8 @@ def train_tiny(phantom: dict, trainer: str, resume: bool = True, configuration: 
     if resume:
         run("resume", *train, "--c", extra_env={"nnUNet_uda_epochs": "2"})
     predictions = predict_test_sets(run, phantom["raw"], phantom["dataset"], trainer,
-                                    work / f"predictions_{trainer}_{configuration}", work, configuration=configuration)
+                                    work / f"predictions_{trainer}_{configuration}", work, configuration=configuration,
+                                    domains=domains) if domains != () else None
     return dict(phantom, results=results, first=first, predictions=predictions)
 
 

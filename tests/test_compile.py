@@ -8,13 +8,12 @@ import torch
 
 from conftest import tiny_unet
 from nnunet_uda.nn.conditional_norm import ConditionalInstanceNorm
-from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet, FeatureUNet
+from nnunet_uda.nn.network import INFERENCE_DOMAIN_ENV, DomainConditionedUNet
 
 
-def build(kind):
+def build():
     torch.manual_seed(0)
-    unet = tiny_unet("resenc")
-    return DomainConditionedUNet(unet, ["CT", "T1"], "T1") if kind == "conditional" else FeatureUNet(unet)
+    return DomainConditionedUNet(tiny_unet("resenc"), ["CT", "T1"], "T1")
 
 
 def flat(output):
@@ -26,11 +25,11 @@ def flat(output):
     return [*output.logits, *output.encoder, *output.decoder]
 
 
-@pytest.mark.parametrize("kind", ["conditional", "plain"])
 @pytest.mark.parametrize("return_features", [False, True])
-def test_compiled_network_matches_eager_forward_and_backward(kind, return_features):
+def test_compiled_network_matches_eager_forward_and_backward(return_features):
+    """The conditional network (whose forward is the plain one's with the domains set) with and without features."""
     torch._dynamo.reset()
-    network = build(kind)
+    network = build()
     compiled = torch.compile(network, backend="aot_eager", fullgraph=True)
     x, domains = torch.randn(2, 1, 16, 16, 16), torch.tensor([0, 1])
     outputs = []
@@ -47,7 +46,7 @@ def test_compiled_network_matches_eager_forward_and_backward(kind, return_featur
 def test_compiled_predictor_call_uses_the_inference_domain(monkeypatch):
     """nnU-Net's predictor calls ``network(x)``: the stored inference domain, or the environment's, both traced."""
     torch._dynamo.reset()
-    network = build("conditional").eval()
+    network = build().eval()
     with torch.no_grad():
         for norm in (m for m in network.modules() if isinstance(m, ConditionalInstanceNorm)):
             norm.weight[1].mul_(3)  # the domains differ
