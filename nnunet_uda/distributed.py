@@ -45,3 +45,31 @@ def all_reduced(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch
     out = t.detach().clone()
     dist.all_reduce(out, op)
     return out
+
+
+def broadcast_parameters(*modules: torch.nn.Module) -> None:
+    """Every parameter and buffer of ``modules`` set to rank 0's, as DDP does when it wraps a module."""
+    if distributed_world_size() == 1:
+        return
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            dist.broadcast(tensor.data, 0)
+
+
+def average_gradients(parameters) -> None:
+    """The ``.grad`` of each of ``parameters`` replaced by its mean over the DDP ranks, in one all-reduce: what DDP
+    does during backward, for networks that are not called through a DDP wrapper's forward. Parameters without a
+    gradient are skipped (every rank must skip the same ones)."""
+    world = distributed_world_size()
+    if world == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

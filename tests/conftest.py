@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
@@ -108,12 +109,14 @@ def build_trainer(monkeypatch, tmp_path):
     return build
 
 
-def _build(run, trainer_class, configuration):
+def _build(run, trainer_class, configuration, batch_size=None):
     from nnunet_uda.planning import DEFAULT_PLANS
 
     preprocessed = run["preprocessed"]
     plans = json.loads((preprocessed / f"{DEFAULT_PLANS}.json").read_text())
     plans["continue_training"] = False
+    if batch_size is not None:
+        plans["configurations"][configuration]["batch_size"] = batch_size
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     trainer = trainer_class(plans, configuration, 0, dataset_json, device=torch.device("cpu"))
     trainer.initialize()
@@ -125,17 +128,68 @@ def changed(before: dict, module) -> bool:
     return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.is_floating_point())
 
 
-def on_gloo_ranks(worker, tmp_path, *args, world: int = 2) -> list:
+def on_gloo_ranks(worker, tmp_path, *args, world: int = 2, before_joining=None) -> list:
     """``worker(rank, *args)`` in ``world`` CPU processes joined in a gloo process group (DDP's collectives on the
-    CPU); returns what each rank's call returned, in rank order. ``worker`` must be a module-level function."""
-    mp.spawn(_gloo_process, args=(world, worker, tmp_path, args), nprocs=world, join=True)
+    CPU); returns what each rank's call returned, in rank order. ``before_joining(rank, *args)``, if given, runs
+    before the process joins the group and its result is the worker's one argument (nnU-Net trainers must be built
+    outside DDP to stay on the CPU). Both must be module-level functions."""
+    mp.spawn(_gloo_process, args=(world, worker, tmp_path, args, before_joining), nprocs=world, join=True)
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
 
 
-def _gloo_process(rank, world, worker, tmp_path, args):
+def _gloo_process(rank, world, worker, tmp_path, args, before_joining):
     torch.set_num_threads(1)
+    if before_joining is not None:
+        args = (before_joining(rank, *args),)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'gloo_init'}", rank=rank, world_size=world)
     try:
         torch.save(worker(rank, *args), tmp_path / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def as_ddp_rank(trainer) -> None:
+    """What nnU-Net's ``initialize`` does under DDP, done on the CPU inside a gloo group (nnU-Net itself moves DDP
+    trainers to CUDA): the rank's share of the batch and of foreground oversampling, the loss with its DDP deep
+    supervision weights, network A wrapped in DDP (and a co-training trainer's partners, by the trainer)."""
+    trainer.is_ddp, trainer.local_rank = True, dist.get_rank()
+    trainer._set_batch_size_and_oversample()
+    trainer.loss = trainer._build_loss()
+    trainer.network = DDP(trainer.network)
+    if hasattr(trainer, "wrap_partners_in_ddp"):
+        trainer.wrap_partners_in_ddp()
+
+
+def build_before_joining(rank, run, results, trainer_class, batch_size=4, configuration="3d_fullres"):
+    """For :func:`on_gloo_ranks`: ``trainer_class`` built on the CPU from ``run`` with the planned ``batch_size``,
+    from one seed on every rank (the same networks, as DDP's broadcast makes them)."""
+    os.environ.update(nnUNet_preprocessed=str(run["preprocessed"].parent), nnUNet_results=str(results))
+    torch.manual_seed(0)
+    return _build(run, trainer_class, configuration, batch_size)
+
+
+def ddp_train_steps(trainer, steps: int = 1) -> list[dict]:
+    """``steps`` iterations of ``trainer`` as a DDP rank (:func:`as_ddp_rank`), each rank drawing its own batches;
+    the batches, for the caller to check that ranks saw different data."""
+    as_ddp_rank(trainer)
+    torch.manual_seed(dist.get_rank())
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    batches = [next(trainer.dataloader_train) for _ in range(steps)]
+    for batch in batches:
+        trainer.train_step(batch)
+    return batches
+
+
+def trained_states(trainer) -> dict:
+    """Copies of the state dicts of network A and of every module the trainer keeps in its checkpoint (network B,
+    heads, banks, queues, GAN networks), by name."""
+    modules = {name: m for name, m in trainer.extra_state.items() if isinstance(m, nn.Module)}
+    return {name: {k: v.clone() for k, v in m.state_dict().items()}
+            for name, m in {"network": trainer.bare_network, **modules}.items()}
+
+
+def assert_same_on_every_rank(ranks: list[dict]) -> None:
+    """Every state of :func:`states` equal on every rank."""
+    for name, state in ranks[0].items():
+        for other in ranks[1:]:
+            assert all(torch.equal(v, other[name][k]) for k, v in state.items()), name

@@ -1,13 +1,14 @@
 """nnUNetTrainerCISFA in nnU-Net: real nnUNetv2_train runs in 3d_fullres (with --c) and 2d, nnUNetv2_predict, the
 generator handed to nnUNetv2_uda_translate; gradient isolation of the discriminators, the sign of D_s's term, the
-patch heads stepped, the checkpoint restoring every network and optimiser."""
+patch heads stepped, the checkpoint restoring every network and optimiser, a step on two DDP ranks."""
 import json
 import math
 
 import pytest
 import torch
 
-from conftest import changed, train_tiny
+from conftest import (assert_same_on_every_rank, build_before_joining, changed, ddp_train_steps, on_gloo_ranks,
+                      train_tiny, trained_states)
 
 TRAINER = "nnUNetTrainerCISFA"
 
@@ -148,3 +149,30 @@ def test_translate_takes_the_cisfa_generator(cisfa_run):
                      "-m", str(cisfa_run["results"]))
     translated = next((cisfa_run["work"] / "nnUNet_raw").glob("Dataset956_*"))
     assert len(list((translated / "imagesTr").glob("*.nii.gz"))) >= 5
+
+
+def _ddp_step(rank, trainer):
+    batch, = ddp_train_steps(trainer)
+    result = {"data": batch["data"], "batch_size": trainer.batch_size, "n_target": trainer.n_target,
+              "states": trained_states(trainer)}
+    trainer.configuration_manager.configuration["batch_size"] = 2  # one sample per GPU
+    trainer._set_batch_size_and_oversample()
+    try:
+        trainer.batch_pools(list(trainer.domain_table.cases))
+    except RuntimeError as error:
+        result["error"] = str(error)
+    return result
+
+
+def test_every_network_stays_identical_across_ddp_ranks(cisfa_run, tmp_path):
+    """One CISFA (sequential: both of Seg's steps) iteration on two gloo ranks with different batches, the
+    segmenter in DDP as nnU-Net wraps it: every network equal on both ranks afterwards; the planned batch of 4
+    split into 2 per rank, each a target and a source case; a batch of 2 over 2 GPUs is refused."""
+    from nnunet_uda.training import nnUNetTrainerCISFA_Sequential
+
+    ranks = on_gloo_ranks(_ddp_step, tmp_path, cisfa_run, tmp_path / "results", nnUNetTrainerCISFA_Sequential,
+                          before_joining=build_before_joining)
+    assert [(r["batch_size"], r["n_target"]) for r in ranks] == [(2, 1), (2, 1)]
+    assert not torch.equal(ranks[0]["data"], ranks[1]["data"])
+    assert_same_on_every_rank([r["states"] for r in ranks])
+    assert all("holds no target case" in r["error"] and "over the 2 GPUs" in r["error"] for r in ranks)

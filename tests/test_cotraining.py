@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import changed, train_tiny
+from conftest import (assert_same_on_every_rank, build_before_joining, changed, ddp_train_steps, on_gloo_ranks,
+                      train_tiny, trained_states)
 from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
 from nnunet_uda.nn.projection import ProjectionHead
 from nnunet_uda.training.schedules import sigmoid_rampup
@@ -169,3 +170,23 @@ def test_voxel_embeddings_of_the_test_set(dvcl_run, tmp_path):
     assert scores["cases"] == 1 and len(scores["voxels_per_class"]) >= 2
     assert all(0 < n <= 200 for n in scores["voxels_per_class"].values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvcl_embeddings.json", "dvcl_embeddings.png"]
+
+
+def _ddp_steps(rank, trainer):
+    batches = ddp_train_steps(trainer, steps=2)
+    return {"data": batches[0]["data"], "split": (trainer.batch_size, trainer.n_unlabeled),
+            "states": trained_states(trainer)}
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerDVCL", "nnUNetTrainerDACL"])
+def test_both_networks_heads_and_banks_stay_identical_across_ddp_ranks(semi_supervised_phantom, tmp_path, name):
+    """Two iterations on two gloo ranks with different batches, the networks and heads in DDP as nnU-Net and the
+    trainer wrap them: networks, heads, banks and queues equal on both ranks afterwards; each rank's batch half
+    unlabeled."""
+    from nnunet_uda import training
+
+    ranks = on_gloo_ranks(_ddp_steps, tmp_path, semi_supervised_phantom, tmp_path / "results",
+                          getattr(training, name), before_joining=build_before_joining)
+    assert [r["split"] for r in ranks] == [(2, 1), (2, 1)]
+    assert not torch.equal(ranks[0]["data"], ranks[1]["data"])
+    assert_same_on_every_rank([r["states"] for r in ranks])

@@ -47,7 +47,8 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch._dynamo import OptimizedModule
 
-from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, split_batch
+from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, split_batch, split_batch_keeping_both
+from nnunet_uda.distributed import average_gradients
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.losses.partial_labels import PartialLabelLoss
 from nnunet_uda.losses.structural_consistency import twin_pairs
@@ -169,12 +170,14 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         """(case ids, samples per batch) pools of a training batch: target first, source last."""
         target = self.training_cases_of(self.domain_table.target, training_cases)
         source = self.training_cases_of(self.domain_table.source, training_cases)
-        n_target, n_source = split_batch(self.batch_size, self.target_share)
         if not target or not source:
             only = target or source
             self.print_to_log_file(f"WARNING: the training split has no {'source' if target else 'target'} cases; "
                                    f"every batch is drawn from the {len(only)} others")
             return [(only, self.batch_size)]
+        mixed = 0 < self.target_share < 1
+        n_target, n_source = (split_batch_keeping_both(self.batch_size, self.target_share, ("target", "source"))
+                              if mixed else split_batch(self.batch_size, self.target_share))
         return [(target, n_target), (source, n_source)]
 
     def training_cases_of(self, domains, training_cases) -> list[str]:
@@ -295,14 +298,17 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         """The parameter sets whose gradient norms are clipped separately (one per network)."""
         return [list(self.network.parameters())]
 
-    def optimizer_step(self, loss: torch.Tensor, optimizer, groups, max_norm: float = 12) -> None:
+    def optimizer_step(self, loss: torch.Tensor, optimizer, groups, max_norm: float = 12, averaged=()) -> None:
         """Backward, gradient clipping of each of ``groups`` at ``max_norm`` (nnU-Net's 12) and step, with AMP
-        on CUDA."""
+        on CUDA. ``averaged``: parameters outside DDP wrappers whose gradients are averaged over the ranks before
+        the step, as DDP averages those of the networks it wraps."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
+            average_gradients(averaged)
             self.grad_scaler.unscale_(optimizer)
         else:
             loss.backward()
+            average_gradients(averaged)
         for parameters in groups:
             torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         if self.grad_scaler is not None:

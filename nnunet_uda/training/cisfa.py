@@ -22,6 +22,8 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
 - optimisers: Adam 2e-4, (0.5, 0.999), constant, for G with its patch heads, D_g and D_s (the paper's); Seg
   with its global head keeps nnU-Net's SGD and poly schedule; the GAN losses are the paper's log losses
   (non-saturating for the players);
+- DDP: G, D_g, D_s and the heads start from rank 0's weights and their gradients are averaged over the ranks
+  before each step (G's losses call ``generator.encode``, outside any DDP wrapper's forward);
 - every network, head and optimiser is in the checkpoint; at the end ``generator_final.pth`` is written in
   the CycleGAN's format for ``nnUNetv2_uda_translate``; previews of source, translation, target and labels
   each epoch (``cisfa_preview.png``).
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunet_uda.distributed import broadcast_parameters
 from nnunet_uda.gan.losses import adversarial_loss, discriminator_loss
 from nnunet_uda.gan.networks import PatchDiscriminator, ResnetGenerator, init_weights
 from nnunet_uda.gan.training import FINAL, CycleGANSettings, save_atomically
@@ -110,6 +113,7 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         self.global_head = ProjectionHead(bottleneck, self.global_dim, hidden=2 * self.global_dim)
         for module in (self.generator, self.d_image, self.d_seg, self.patch_heads, self.global_head):
             module.to(self.device)
+        broadcast_parameters(self.generator, self.d_image, self.d_seg, self.patch_heads, self.global_head)
         optimizer.add_param_group({"params": list(self.global_head.parameters())})
         adam = dict(lr=self.gan_lr, betas=self.gan_betas)
         self.optimizer_g = torch.optim.Adam([*self.generator.parameters(), *self.patch_heads.parameters()], **adam)
@@ -119,12 +123,6 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
                           ("optimizer_g", self.optimizer_g), ("optimizer_d", self.optimizer_d)):
             self.register_state(name, obj)
         return optimizer, scheduler
-
-    def initialize(self):
-        super().initialize()
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} does not run under DDP yet (its generator and discriminators "
-                               f"are not wrapped); train it on one GPU")
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -194,25 +192,30 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         with self.autocast():
             loss_g = self.generator_loss(x_a, labels[0])
         self.optimizer_g.zero_grad(set_to_none=True)
-        self.optimizer_step(loss_g, self.optimizer_g, [])
+        self.optimizer_step(loss_g, self.optimizer_g, [], averaged=self.parameters_of(self.optimizer_g))
         with torch.no_grad(), self.autocast():
             fake = self.translate(x_a)  # G's fresh output
+        head = list(self.global_head.parameters())  # in Seg's optimiser, outside Seg's DDP wrapper
         if self.sequential_gcl and self.use_gcl:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 loss_gcl = self.global_loss(x_a, fake)
-            self.optimizer_step(loss_gcl, self.optimizer, self.clipping_groups())
+            self.optimizer_step(loss_gcl, self.optimizer, self.clipping_groups(), averaged=head)
         with self.autocast():
             loss_seg = self.segmenter_loss(x_a, fake, labels, annotated)
         self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer_step(loss_seg, self.optimizer, self.clipping_groups())
+        self.optimizer_step(loss_seg, self.optimizer, self.clipping_groups(), averaged=head)
         with self.autocast():
             loss_d = self.discriminator_losses(x_b, fake)
         self.optimizer_d.zero_grad(set_to_none=True)
-        self.optimizer_step(loss_d, self.optimizer_d, [])
+        self.optimizer_step(loss_d, self.optimizer_d, [], averaged=self.parameters_of(self.optimizer_d))
         self.counters.values["iterations"] += 1
         self._preview = (x_a[:1].detach(), fake[:1].detach(), x_b[:1].detach(), labels[0][:1].detach())
         return {"loss": loss_seg.detach().cpu().numpy()}
+
+    @staticmethod
+    def parameters_of(optimizer) -> list[torch.nn.Parameter]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
 
     def generator_loss(self, x_a: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Eq. 4 on the slices of :meth:`slice_subset`: fool D_g with G(x_a), plus the weighted patch contrast
@@ -229,8 +232,12 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
 
     def global_loss(self, x_a: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """Eq. 5 on the pooled bottleneck features of x_a and G(x_a) through the global head."""
-        pooled = self.global_features(self.network(torch.cat((x_a, fake)), return_features=True).encoder[-1])
-        return self._logged({"gcl": global_contrast(*pooled.chunk(2), self.global_tau)})
+        output = self.network(torch.cat((x_a, fake)), return_features=True)
+        pooled = self.global_features(output.encoder[-1])
+        loss = self._logged({"gcl": global_contrast(*pooled.chunk(2), self.global_tau)})
+        if self.is_ddp:  # DDP expects a gradient for every parameter: the decoder's, zero
+            loss = loss + 0 * sum(x.float().sum() for x in output.logits)
+        return loss
 
     def global_features(self, bottleneck: torch.Tensor) -> torch.Tensor:
         """The global head on average-pooled bottleneck features: one vector per image in ``2d``; in ``3d_fullres``

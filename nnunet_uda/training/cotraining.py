@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_uda.data.loader import split_batch
+from nnunet_uda.data.loader import split_batch_keeping_both
 from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
 from nnunet_uda.nn.network import NetworkOutput
 from nnunet_uda.nn.projection import ProjectionHead
@@ -121,11 +121,13 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         if self._do_i_compile():
             self.network_b = torch.compile(self.network_b)
         if self.is_ddp:
-            self.network_b = DDP(self.network_b, device_ids=self._ddp_devices())
-            self.heads = [DDP(h, device_ids=self._ddp_devices()) for h in self.heads]
+            self.wrap_partners_in_ddp()
 
-    def _ddp_devices(self):
-        return [self.local_rank] if self.device.type == "cuda" else None
+    def wrap_partners_in_ddp(self) -> None:
+        """Network B and the heads in DDP, as nnU-Net wraps network A."""
+        devices = [self.local_rank] if self.device.type == "cuda" else None
+        self.network_b = DDP(self.network_b, device_ids=devices)
+        self.heads = [DDP(h, device_ids=devices) for h in self.heads]
 
     def clipping_groups(self):
         head_a, head_b = (list(h.parameters()) for h in self.heads) if self.heads else ([], [])
@@ -154,11 +156,8 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
             missing = "unlabeled (\"labels\": \"none\")" if not unlabeled else "labeled"
             raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled training cases, but fold "
                                f"{self.fold} has no {missing} ones; see docs/datasets.md#semi-supervised-datasets")
-        self.n_unlabeled, n_labeled = split_batch(self.batch_size, self.unlabeled_share)
-        if self.n_unlabeled == 0 or n_labeled == 0:
-            raise RuntimeError(f"batch size {self.batch_size} with unlabeled_share {self.unlabeled_share} leaves no "
-                               f"{'unlabeled' if self.n_unlabeled == 0 else 'labeled'} sample per batch; plan a "
-                               f"batch size of at least 2 (nnUNetv2_uda_plan_and_preprocess -bs)")
+        self.n_unlabeled, n_labeled = split_batch_keeping_both(self.batch_size, self.unlabeled_share,
+                                                               ("unlabeled", "labeled"))
         return [(unlabeled, self.n_unlabeled), (labeled, n_labeled)]
 
     # ------------------------------------------------------------------ the loss (eq. 3)
