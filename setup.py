@@ -26,7 +26,7 @@ setup(
         "setuptools",
     ],
     # the references the evaluation is tested against: DeepMind's NSD and medpy's HD95/ASSD
-    extras_require={"test": ["pytest>=7", "surface-distance==0.1", "medpy>=0.5"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "surface-distance==0.1", "medpy>=0.5"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_uda_trainer_path=nnunet_uda.cli.trainer_path:main",

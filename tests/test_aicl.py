@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_unet, train_tiny_phantom
+from conftest import (assert_same_on_every_rank, build_before_joining, ddp_train_steps, on_gloo_ranks, tiny_unet,
+                      train_tiny_phantom, trained_states)
 
 from nnunet_uda.losses.patch_contrast import patch_contrastive_loss
 from nnunet_uda.losses.structural_consistency import structural_consistency_loss
@@ -148,3 +149,20 @@ def test_predictions_for_every_domain(aicl_run):
     assert len(files) == 3
     for f in files:
         assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f))))) <= set(range(7))
+
+
+def _ddp_steps(rank, trainer):
+    batches = ddp_train_steps(trainer, steps=2)
+    return {"data": batches[0]["data"], "pairs": trainer.n_twin_pairs, "states": trained_states(trainer)}
+
+
+def test_the_network_stays_identical_across_ddp_ranks(aicl_run, tmp_path):
+    """Two iterations on two gloo ranks, network A (with the conditional norms of three domains, two of which a
+    twin batch uses) in DDP as nnU-Net wraps it: equal on both ranks afterwards; one twin pair per rank."""
+    from nnunet_uda.training import nnUNetTrainerAICL_ColdStart
+
+    ranks = on_gloo_ranks(_ddp_steps, tmp_path, aicl_run, tmp_path / "results", nnUNetTrainerAICL_ColdStart,
+                          before_joining=build_before_joining)
+    assert [r["pairs"] for r in ranks] == [1, 1]
+    assert not torch.equal(ranks[0]["data"], ranks[1]["data"])
+    assert_same_on_every_rank([r["states"] for r in ranks])
