@@ -5,26 +5,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel as DDP
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
-
-#: test modules that share a session fixture (a trained model, a planned phantom) run in one pytest-xdist worker,
-#: every other module in a worker of its own choosing (tests/run_tests.sh runs two)
-SHARED_FIXTURES = {"test_export": "uda_model", "test_submission": "uda_model",
-                   "test_cotraining": "phantoms", "test_dacl": "phantoms", "test_cisfa": "phantoms",
-                   "test_2d_configuration": "phantoms"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Each test joins its module's xdist group (``--dist loadgroup``), so module and shared fixtures are built
-    once."""
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURES.get(module, module)))
 
 
 def tiny_unet(kind: str, num_classes: int = 4, deep_supervision: bool = True) -> nn.Module:

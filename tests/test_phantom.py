@@ -407,6 +407,8 @@ def test_organ_scale_enlarges_every_organ_and_nothing_else(base, tmp_path):
     (dict(partial_labels=True, organs=("liver", "aorta")), "gallbladder and at least one other organ"),
     (dict(organ_scale=0.4), "organ_scale must be a number from 0.5 to 2.0"),
     (dict(organ_scale="big"), "organ_scale must be"),
+    (dict(variation=4.5), "variation must be a number from 0.0 to 4.0"),
+    (dict(variation=True), "variation must be"),
 ])
 def test_invalid_organ_options(options, message):
     with pytest.raises(PhantomOptionsError, match=message):
@@ -419,3 +421,21 @@ def test_organ_options_are_normalised():
     assert options.labels == {"background": 0, "spleen": 1, "ignore": 2} and options.ignore_label == 2
     assert list(options.label_lookup) == [0, 0, 1, 0, 0, 0, 0, 2]
     assert PhantomOptions(1).labels == LABELS and PhantomOptions(1).structures is ANATOMY
+
+
+def test_variation_scales_case_to_case_differences():
+    """0: every case the same anatomy and tissue means; larger: organ volumes spread more (same draws)."""
+    from nnunet_uda.synthetic.acquisition import case_contrast
+    from nnunet_uda.synthetic.case import synthesize_case
+
+    def kidney_volumes(variation):
+        return np.array([np.sum(synthesize_case(0, "CT", i, "train", (20, 20, 20), variation=variation).label
+                                == LABELS["kidney_left"]) for i in range(6)])
+
+    alike = [synthesize_case(0, "CT", i, "train", (20, 20, 20), variation=0.0) for i in range(2)]
+    assert np.array_equal(alike[0].label, alike[1].label)
+    assert not np.array_equal(alike[0].image, alike[1].image)  # texture and noise stay the case's own
+    spread = {v: kidney_volumes(v).std() / kidney_volumes(v).mean() for v in (1.0, 3.0)}
+    assert spread[3.0] > 1.5 * spread[1.0], spread
+    means = [case_contrast("CT", np.random.default_rng(0), v)[0] for v in (0.0, 1.0, 3.0)]
+    np.testing.assert_allclose(means[2] - means[0], 3 * (means[1] - means[0]), atol=1e-3)

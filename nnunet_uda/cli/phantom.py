@@ -5,7 +5,7 @@ import argparse
 
 from nnunet_uda.data.raw import raw_root
 from nnunet_uda.synthetic.acquisition import DEFAULT_SHAPE
-from nnunet_uda.synthetic.anatomy import ORGAN_SCALE_LIMITS, ORGANS
+from nnunet_uda.synthetic.anatomy import ORGAN_SCALE_LIMITS, ORGANS, VARIATION_LIMITS
 from nnunet_uda.synthetic.dataset import generate_phantom_dataset
 from nnunet_uda.synthetic.options import PhantomOptionsError
 from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS
@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--organ_scale", type=float, metavar="FACTOR", default=1.0,
                         help="multiply every organ's size by FACTOR ({}-{}; the body and spine unchanged), e.g. for "
                              "a short CPU demo (default: %(default)s)".format(*ORGAN_SCALE_LIMITS))
+    parser.add_argument("--variation", type=float, metavar="FACTOR", default=1.0,
+                        help="multiply the case-to-case variation of anatomy (organ sizes, positions, rotations, "
+                             "elastic warp, body size) and of tissue contrast by FACTOR ({}-{}; 0: every case alike), "
+                             "e.g. for a semi-supervised benchmark that a few labeled cases do not cover "
+                             "(default: %(default)s)".format(*VARIATION_LIMITS))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of this id and name")
     return parser
 
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             n_target=args.n_target, n_test=args.n_test, seed=args.seed, partial_labels=args.partial_labels,
             pseudo_labels=args.pseudo_labels, semi_supervised=args.semi_supervised,
             fully_labeled=args.fully_labeled, paired=args.paired, organs=args.organs, organ_scale=args.organ_scale,
+            variation=args.variation,
             overwrite=args.overwrite, output_root=_output_root(), progress=True)
     except (PhantomOptionsError, FileExistsError) as error:
         raise SystemExit(f"nnUNetv2_uda_phantom: {error}") from None

@@ -148,11 +148,12 @@ def acquisition_grid(domain: str, shape: Sequence[int]) -> AcquisitionGrid:
 
 
 def acquire(tissue: np.ndarray, axes: Sequence[np.ndarray], grid: AcquisitionGrid, domain: str,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, variation: float = 1.0) -> np.ndarray:
     """The harmonised image of ``domain`` from the rendered ``tissue`` map: contrast and texture,
-    bias field, partial-volume blur, thick-slice averaging and noise."""
+    bias field, partial-volume blur, thick-slice averaging and noise; ``variation`` multiplies the
+    per-case jitter of the tissue means."""
     acq, modality = ACQUISITION[domain], DOMAIN_MODALITIES[domain]
-    means, textures, gain = case_contrast(domain, rng)
+    means, textures, gain = case_contrast(domain, rng, variation)
     spacing = np.asarray(grid.render_spacing)
     texture = gaussian_filter(rng.standard_normal(tissue.shape).astype(np.float32),
                               TEXTURE_SCALE_MM / spacing)
@@ -165,17 +166,19 @@ def acquire(tissue: np.ndarray, axes: Sequence[np.ndarray], grid: AcquisitionGri
     return harmonize(image, modality)
 
 
-def case_contrast(domain: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-tissue means and texture levels of one case (indexed by tissue code), and its gain."""
+def case_contrast(domain: str, rng: np.random.Generator,
+                  variation: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-tissue means and texture levels of one case (indexed by tissue code), and its gain; the
+    means' jitter (:data:`CT_JITTER_HU`, :data:`MR_JITTER`) times ``variation``."""
     table = CONTRAST[domain]
     means = np.array([table[t][0] for t in TISSUES], np.float32)
     textures = np.array([table[t][1] for t in TISSUES], np.float32)
     if DOMAIN_MODALITIES[domain] == "CT":
-        jitter = rng.normal(0.0, CT_JITTER_HU, size=len(TISSUES)).astype(np.float32)
+        jitter = rng.normal(0.0, CT_JITTER_HU * variation, size=len(TISSUES)).astype(np.float32)
         jitter[TISSUE["air"]] = 0.0
         return means + jitter, textures, 1.0
     gain = float(rng.uniform(*MR_GAIN_RANGE))
-    jitter = rng.normal(1.0, MR_JITTER, size=len(TISSUES)).astype(np.float32)
+    jitter = rng.normal(1.0, MR_JITTER * variation, size=len(TISSUES)).astype(np.float32)
     return means * jitter * gain, textures * gain, gain
 
 

@@ -15,7 +15,8 @@ displacement field). Rather than resampling a voxelised label map, every structu
 analytically at the displaced position of each voxel centre (the continuous equivalent of an
 order-0 warp), so labels stay exact on every domain's grid and never lose small organs to
 nearest-neighbour aliasing. :func:`scaled_anatomy` gives the structures with larger or smaller
-organs (the generator's ``organ_scale``); the labels rendered are always those of :data:`LABELS`.
+organs (the generator's ``organ_scale``); ``variation`` scales every case-to-case deviation (the generator's
+``variation``, for harder or easier datasets); the labels rendered are always those of :data:`LABELS`.
 """
 from __future__ import annotations
 
@@ -199,31 +200,46 @@ class Pose:
 @dataclass(frozen=True)
 class CaseAnatomy:
     """The random anatomy of one case: structure poses (in :data:`ANATOMY` order), body size,
-    fat thickness, cross-section phases and the elastic displacement lattice (3, L, L, L)."""
+    fat thickness, cross-section wobble and phases and the elastic displacement lattice (3, L, L, L)."""
     poses: tuple[Pose, ...]
     body_scale: np.ndarray
     fat: float
     phases: np.ndarray
     warp: np.ndarray
+    wobble: float = BODY_WOBBLE
 
 
-def sample_anatomy(rng: np.random.Generator, structures: Sequence[Structure] = ANATOMY) -> CaseAnatomy:
+VARIATION_LIMITS = (0.0, 4.0)
+"""Smallest and largest ``variation`` of :func:`sample_anatomy` (and of the images' contrast jitter)."""
+
+
+def sample_anatomy(rng: np.random.Generator, structures: Sequence[Structure] = ANATOMY,
+                   variation: float = 1.0) -> CaseAnatomy:
     """Draw one case's anatomical variation, a pose for each of ``structures`` (the random draws do
-    not depend on the structures' sizes, so :func:`scaled_anatomy` keeps every pose)."""
-    body_scale = rng.uniform(*BODY_SCALE_RANGE, size=2)
-    fat = FAT_THICKNESS * rng.uniform(0.8, 1.2)
+    not depend on the structures' sizes, so :func:`scaled_anatomy` keeps every pose). ``variation``
+    multiplies every deviation from the design (body size and wobble, organ sizes, shifts and rotations, the
+    elastic warp): 0 gives every case the same anatomy; the draws are the same for every value."""
+    body_scale = _varied(rng.uniform(*BODY_SCALE_RANGE, size=2), variation)
+    fat = FAT_THICKNESS * _varied(rng.uniform(0.8, 1.2), variation)
     phases = rng.uniform(0.0, 2 * math.pi, size=2)
-    poses = tuple(sample_pose(s, body_scale, rng) for s in structures)
-    warp = smooth_field(rng, (WARP_LATTICE,) * 3, WARP_SMOOTHING, WARP_STD)
-    return CaseAnatomy(poses, body_scale, fat, phases, warp)
+    poses = tuple(sample_pose(s, body_scale, rng, variation) for s in structures)
+    warp = smooth_field(rng, (WARP_LATTICE,) * 3, WARP_SMOOTHING, WARP_STD) * np.float32(variation)
+    return CaseAnatomy(poses, body_scale, fat, phases, warp, BODY_WOBBLE * variation)
 
 
-def sample_pose(structure: Structure, body_scale: np.ndarray, rng: np.random.Generator) -> Pose:
-    """Random size, position and rotation of ``structure``; its position follows the body size."""
+def _varied(factor, variation: float):
+    """A random factor drawn about 1 with its deviation from 1 multiplied by ``variation``."""
+    return 1.0 + variation * (factor - 1.0)
+
+
+def sample_pose(structure: Structure, body_scale: np.ndarray, rng: np.random.Generator,
+                variation: float = 1.0) -> Pose:
+    """Random size, position and rotation of ``structure`` (deviations times ``variation``); its position
+    follows the body size."""
     reference = np.asarray(structure.parts[0].center, dtype=np.float32)
-    scale = rng.uniform(*ORGAN_SCALE_RANGE) * rng.uniform(0.95, 1.05, size=3)
-    shift = np.clip(rng.normal(0.0, ORGAN_SHIFT, size=3), -2 * ORGAN_SHIFT, 2 * ORGAN_SHIFT)
-    angles = np.radians(ORGAN_ROTATION_DEG) * rng.uniform(-1.0, 1.0, size=3)
+    scale = _varied(rng.uniform(*ORGAN_SCALE_RANGE) * rng.uniform(0.95, 1.05, size=3), variation)
+    shift = variation * np.clip(rng.normal(0.0, ORGAN_SHIFT, size=3), -2 * ORGAN_SHIFT, 2 * ORGAN_SHIFT)
+    angles = variation * np.radians(ORGAN_ROTATION_DEG) * rng.uniform(-1.0, 1.0, size=3)
     center = reference * np.array([1.0, *body_scale]) + shift
     return Pose(reference, center.astype(np.float32), scale.astype(np.float32),
                 rotation_matrix(angles).astype(np.float32))
@@ -303,7 +319,7 @@ def body_masks(anatomy: CaseAnatomy, q: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Inside the skin, and inside the subcutaneous fat, of the z-varying elliptic cylinder."""
     radii = []
     for base, scale, phase in zip(BODY_RADII, anatomy.body_scale, anatomy.phases):
-        radii.append(base * scale * (1.0 + BODY_WOBBLE * np.sin(1.5 * math.pi * q[0] + phase)))
+        radii.append(base * scale * (1.0 + anatomy.wobble * np.sin(1.5 * math.pi * q[0] + phase)))
     ry, rx = radii
     body = (q[1] / ry) ** 2 + (q[2] / rx) ** 2 <= 1.0
     inner = (q[1] / (ry - anatomy.fat)) ** 2 + (q[2] / (rx - anatomy.fat)) ** 2 <= 1.0

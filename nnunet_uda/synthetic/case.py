@@ -36,17 +36,19 @@ def case_rng(seed: int, domain: str, index: int, split: str, stream: int = 0) ->
 
 def synthesize_case(seed: int, domain: str, index: int, split: str,
                     shape: Sequence[int] = DEFAULT_SHAPE, anatomy_of: str | None = None,
-                    structures: Sequence[Structure] = ANATOMY) -> PhantomCase:
+                    structures: Sequence[Structure] = ANATOMY, variation: float = 1.0) -> PhantomCase:
     """Generate one case of ``domain`` on its acquisition grid for the CT ``shape``. ``anatomy_of``:
     the domain whose case of the same index and split lends its anatomy (one subject scanned in two
     modalities, the body in the same place); the acquisition stays this case's own. ``structures``:
-    the painted anatomy (e.g. :func:`~nnunet_uda.synthetic.anatomy.scaled_anatomy`)."""
+    the painted anatomy (e.g. :func:`~nnunet_uda.synthetic.anatomy.scaled_anatomy`); ``variation``: the
+    case-to-case variation of anatomy and contrast (:func:`~nnunet_uda.synthetic.anatomy.sample_anatomy`)."""
     rng = case_rng(seed, domain, index, split)
-    anatomy = sample_anatomy(rng if anatomy_of is None else case_rng(seed, anatomy_of, index, split), structures)
+    anatomy = sample_anatomy(rng if anatomy_of is None else case_rng(seed, anatomy_of, index, split), structures,
+                             variation)
     grid = acquisition_grid(domain, shape)
     axes = normalized_axes(grid.render_shape, grid.render_spacing, shape)
     label, tissue = render(anatomy, axes, structures)
-    image = acquire(tissue, axes, grid, domain, rng)
+    image = acquire(tissue, axes, grid, domain, rng, variation)
     centre = grid.sub_samples // 2
     return PhantomCase(image, label[centre::grid.sub_samples], grid.spacing, grid.origin)
 

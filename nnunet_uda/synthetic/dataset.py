@@ -67,7 +67,7 @@ def write_case(folder: Path, plan: CasePlan, options: PhantomOptions) -> Phantom
     returned has its labels in the options' label map."""
     anatomy_of = SOURCE_DOMAIN if options.subject(plan) and plan.domain != SOURCE_DOMAIN else None
     case = synthesize_case(options.seed, plan.domain, plan.index, plan.split, options.shape, anatomy_of,
-                           options.structures)
+                           options.structures, options.variation)
     case = replace(case, label=options.label_lookup[case.label])
     images, labels = ("imagesTr", "labelsTr") if plan.split == "train" else ("imagesTs", "labelsTs")
     geometry = (case.spacing, case.origin)
@@ -112,7 +112,8 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
                              n_test: int = 5, seed: int = 0, partial_labels: bool = False,
                              pseudo_labels: str | None = None, semi_supervised: float | None = None,
                              fully_labeled: bool = False, paired: bool = False,
-                             organs: Sequence[str] = ORGANS, organ_scale: float = 1.0, overwrite: bool = False,
+                             organs: Sequence[str] = ORGANS, organ_scale: float = 1.0, variation: float = 1.0,
+                             overwrite: bool = False,
                              output_root: str | Path | None = None, progress: bool = False) -> Path:
     """Write the phantom benchmark as ``<output_root>/DatasetXXX_<name>`` and return its path.
 
@@ -130,13 +131,14 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
     the domain table names each training case's ``subject``. ``organs``: the labeled organs (a
     non-empty subset of :data:`~.anatomy.ORGANS`, renumbered 1..n in that order, ignore n + 1); the
     others stay in the images but are background in every label file. ``organ_scale`` (0.5-2.0):
-    every organ's size factor (the body and spine unchanged). ``output_root`` defaults to ``$nnUNet_raw``; the
+    every organ's size factor (the body and spine unchanged). ``variation`` (0-4): the case-to-case
+    variation of anatomy and contrast as a multiple of the default (0: every case alike). ``output_root`` defaults to ``$nnUNet_raw``; the
     dataset appears only when complete, and an existing one is replaced only with ``overwrite``.
     Raises :class:`PhantomOptionsError` for invalid options, before anything is written.
     """
     options = PhantomOptions(dataset_id, name, tuple(shape), n_source, n_target, n_test, seed,
                              partial_labels, pseudo_labels, semi_supervised, fully_labeled, paired,
-                             organs=organs, organ_scale=organ_scale)
+                             organs=organs, organ_scale=organ_scale, variation=variation)
     root = Path(output_root) if output_root is not None else raw_root()
     final = root / dataset_folder_name(dataset_id, name)
     _check_id_unused(root, dataset_id, final)

@@ -12,7 +12,9 @@ Organs
 ``organs`` labels a subset of the six organs, renumbered 1..n in :data:`~.anatomy.ORGANS` order
 (ignore n + 1; :attr:`PhantomOptions.labels`); the others are still painted (their tissue stays in
 the images) but are background in every label file. ``organ_scale`` enlarges or shrinks every organ
-(:func:`~.anatomy.scaled_anatomy`), e.g. for a short CPU demo.
+(:func:`~.anatomy.scaled_anatomy`), e.g. for a short CPU demo; ``variation`` multiplies the case-to-case
+variation of anatomy and contrast (:func:`~.anatomy.sample_anatomy`): above 1 a dataset that a few labeled
+cases no longer cover, as the semi-supervised benchmark needs.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.synthetic.acquisition import (DEFAULT_SHAPE, DOMAIN_MODALITIES, SOURCE_DOMAIN, TARGET_DOMAINS,
                                               acquisition_grid)
-from nnunet_uda.synthetic.anatomy import (LABELS, ORGAN_SCALE_LIMITS, ORGANS, Structure,
+from nnunet_uda.synthetic.anatomy import (LABELS, ORGAN_SCALE_LIMITS, ORGANS, VARIATION_LIMITS, Structure,
                                           scaled_anatomy)
 from nnunet_uda.synthetic.pseudo_labels import PSEUDO_LABEL_PERTURBATIONS
 
@@ -64,6 +66,7 @@ class PhantomOptions:
     paired: bool = False
     organs: tuple[str, ...] = ORGANS
     organ_scale: float = 1.0
+    variation: float = 1.0
 
     def __post_init__(self):
         organs = (self.organs,) if isinstance(self.organs, str) else self.organs
@@ -76,6 +79,7 @@ class PhantomOptions:
             raise PhantomOptionsError(problem)
         object.__setattr__(self, "organs", tuple(o for o in ORGANS if o in self.organs))
         object.__setattr__(self, "organ_scale", float(self.organ_scale))
+        object.__setattr__(self, "variation", float(self.variation))
 
     def _problems(self) -> Iterable[str]:
         """Yield a message for each invalid option (the first one is raised)."""
@@ -122,9 +126,11 @@ class PhantomOptions:
                    f"include the gallbladder and at least one other organ; got {', '.join(organs)}")
         low, high = ORGAN_SCALE_LIMITS
         scale = self.organ_scale
-        if not isinstance(scale, (int, float, np.integer, np.floating)) or isinstance(scale, bool) \
-                or not low <= scale <= high:
+        if not _is_number(scale) or not low <= scale <= high:
             yield f"organ_scale must be a number from {low} to {high}, got {scale!r}"
+        low, high = VARIATION_LIMITS
+        if not _is_number(self.variation) or not low <= self.variation <= high:
+            yield f"variation must be a number from {low} to {high}, got {self.variation!r}"
 
     def _semi_supervised_problems(self) -> Iterable[str]:
         fraction = self.semi_supervised
@@ -190,6 +196,10 @@ class PhantomOptions:
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -266,7 +276,7 @@ def dataset_json(options: PhantomOptions, plans: Sequence[CasePlan]) -> dict:
                     "partial_labels": options.partial_labels, "pseudo_labels": options.pseudo_labels,
                     "semi_supervised": options.semi_supervised, "fully_labeled": options.fully_labeled,
                     "paired": options.paired, "organs": list(options.organs),
-                    "organ_scale": options.organ_scale},
+                    "organ_scale": options.organ_scale, "variation": options.variation},
     }
     DomainTable.from_dataset_json(content)
     return content
