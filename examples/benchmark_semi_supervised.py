@@ -55,7 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--method", choices=sorted(ROWS), default="dvcl", help="whose Table 2 rows and fractions")
     parser.add_argument("--fractions", type=float, nargs="+", help="labeled fractions (default: the method's)")
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 32, 32))
-    parser.add_argument("--trainers", nargs="+", help="the trainers between floor and ceiling (default: the rows)")
+    parser.add_argument("--trainers", nargs="*", help="the trainers between floor and ceiling (default: the rows; "
+                                                      "none: floor and ceiling alone)")
     parser.add_argument("--repeats", type=int, default=1, help="trainings of every row (mean and spread)")
     parser.add_argument("--n_test", type=int, default=5, help="test cases of the phantom")
     parser.add_argument("--phantom", nargs=argparse.REMAINDER, default=[],
@@ -64,7 +65,7 @@ def parse_args(argv=None):
     parser.set_defaults(n_source=40)
     args = parser.parse_args(argv)
     args.fractions = args.fractions or FRACTIONS[args.method]
-    args.trainers = args.trainers or ROWS[args.method]
+    args.trainers = ROWS[args.method] if args.trainers is None else args.trainers
     return args
 
 
