@@ -11,16 +11,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
-#: the modules whose fixtures train through nnU-Net's commands, slowest first (CI durations): run first, so that
-#: the two pytest-xdist workers of tests/run_tests.sh (one module each at a time) end together
-SLOW_MODULES = ("test_pseudolabel_pipeline", "test_aicl", "test_end_to_end", "test_submission", "test_cotraining",
-                "test_export", "test_dacl", "test_cisfa", "test_2d_configuration")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {module: i for i, module in enumerate(SLOW_MODULES)}
-    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: each module's order kept
-
 
 def tiny_unet(kind: str, num_classes: int = 4, deep_supervision: bool = True) -> nn.Module:
     """A small 3D nnU-Net network (nnU-Net's own classes, nnU-Net's default norm settings)."""
