@@ -18,8 +18,9 @@ after the first keep their models in ``nnUNet_results_repeat<k>`` and outputs in
 spread can be told from a method's effect.
 
 Prints and writes ``summary.md``: mean Dice and NSD of the test set per trainer (with their standard deviation
-over the repeats), the share of the floor-to-ceiling gap each closes, Dice per organ, and for trainers with a feature head the cluster scores of their projected voxel
-features on the test set (``nnUNetv2_uda_embeddings``: silhouette, Davies-Bouldin, V-measure; DACL's Fig. 1b).
+over the repeats), the share of the floor-to-ceiling gap each closes, Dice per organ, and for trainers with a
+feature head the cluster scores of their projected voxel features on the test set (``nnUNetv2_uda_embeddings``:
+silhouette, Davies-Bouldin, V-measure; DACL's Fig. 1b).
 An interrupted run resumes (finished trainings are reused). Results: docs/methods/dvcl.md#measured,
 docs/methods/dacl.md#measured.
 

@@ -189,7 +189,7 @@ def trained_states(trainer) -> dict:
 
 
 def assert_same_on_every_rank(ranks: list[dict]) -> None:
-    """Every state of :func:`states` equal on every rank."""
+    """Every state of :func:`trained_states` equal on every rank."""
     for name, state in ranks[0].items():
         for other in ranks[1:]:
             assert all(torch.equal(v, other[name][k]) for k, v in state.items()), name

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from nnunet_uda.data.loader import split_batch
 from nnunet_uda.training.progress import NNUNET_KEYS, ExtendedLocalLogger
 
@@ -24,3 +26,5 @@ def test_split_batch_rounds_to_whole_samples():
     assert split_batch(5, 0.5) == (2, 3)
     assert split_batch(2, 0.0) == (0, 2)
     assert split_batch(3, 1.0) == (3, 0)
+    with pytest.raises(RuntimeError, match="a batch of 1 with a share of 0.5 for target cases holds no target case"):
+        split_batch(1, 0.5, ("target", "source"))

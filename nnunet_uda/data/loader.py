@@ -14,22 +14,20 @@ from threadpoolctl import threadpool_limits
 from nnunet_uda.distributed import distributed_world_size
 
 
-def split_batch(batch_size: int, share: float) -> tuple[int, int]:
-    """(samples from the first pool, samples from the second) for a ``share`` of the first."""
+def split_batch(batch_size: int, share: float,
+                names: tuple[str, str] = ("first", "second")) -> tuple[int, int]:
+    """(samples from the first pool, samples from the second) for a ``share`` of the first. A pool with a positive
+    share that gets no sample (a planned batch of 1, or nnU-Net's DDP split leaving a GPU one sample) is an error
+    naming the pools (``names``) and the fix."""
     first = int(round(batch_size * share))
-    return first, batch_size - first
-
-
-def split_batch_keeping_both(batch_size: int, share: float, names: tuple[str, str]) -> tuple[int, int]:
-    """:func:`split_batch` for a batch that needs cases of both pools (``names``): a clear error when one gets
-    none, as with a planned batch size of 1 or nnU-Net's DDP split leaving a GPU one sample."""
-    counts = split_batch(batch_size, share)
-    if 0 in counts:
+    counts = first, batch_size - first
+    empty = [name for name, n, wanted in zip(names, counts, (share, 1 - share)) if n == 0 and wanted > 0]
+    if empty:
         world = distributed_world_size()
         split = (f"nnU-Net splits the planned batch over the {world} GPUs and gives each about {batch_size}; "
                  if world > 1 else "")
         raise RuntimeError(f"a batch of {batch_size} with a share of {share} for {names[0]} cases holds no "
-                           f"{names[counts.index(0)]} case ({split}plan a batch size of at least 2 per GPU with "
+                           f"{empty[0]} case ({split}plan a batch size of at least 2 per GPU with "
                            f"nnUNetv2_uda_plan_and_preprocess -bs)")
     return counts
 

@@ -132,8 +132,9 @@ def generate_phantom_dataset(dataset_id: int, *, name: str = "UDAPhantom",
     non-empty subset of :data:`~.anatomy.ORGANS`, renumbered 1..n in that order, ignore n + 1); the
     others stay in the images but are background in every label file. ``organ_scale`` (0.5-2.0):
     every organ's size factor (the body and spine unchanged). ``variation`` (0-4): the case-to-case
-    variation of anatomy and contrast as a multiple of the default (0: every case alike). ``output_root`` defaults to ``$nnUNet_raw``; the
-    dataset appears only when complete, and an existing one is replaced only with ``overwrite``.
+    variation of anatomy and contrast as a multiple of the default (0: every case alike).
+    ``output_root`` defaults to ``$nnUNet_raw``; the dataset appears only when complete, and an existing one is
+    replaced only with ``overwrite``.
     Raises :class:`PhantomOptionsError` for invalid options, before anything is written.
     """
     options = PhantomOptions(dataset_id, name, tuple(shape), n_source, n_target, n_test, seed,

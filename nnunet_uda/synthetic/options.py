@@ -98,6 +98,9 @@ class PhantomOptions:
             yield (f"pseudo_labels must be one of {', '.join(PSEUDO_LABEL_PERTURBATIONS)}, "
                    f"got {self.pseudo_labels!r}")
         yield from self._organ_problems()
+        low, high = VARIATION_LIMITS
+        if not _is_number(self.variation) or not low <= self.variation <= high:
+            yield f"variation must be a number from {low} to {high}, got {self.variation!r}"
         if self.fully_labeled and (self.partial_labels or self.pseudo_labels):
             yield "fully_labeled cannot be combined with partial_labels or pseudo_labels"
         if self.semi_supervised is not None:
@@ -128,9 +131,6 @@ class PhantomOptions:
         scale = self.organ_scale
         if not _is_number(scale) or not low <= scale <= high:
             yield f"organ_scale must be a number from {low} to {high}, got {scale!r}"
-        low, high = VARIATION_LIMITS
-        if not _is_number(self.variation) or not low <= self.variation <= high:
-            yield f"variation must be a number from {low} to {high}, got {self.variation!r}"
 
     def _semi_supervised_problems(self) -> Iterable[str]:
         fraction = self.semi_supervised

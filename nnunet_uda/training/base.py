@@ -47,7 +47,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch._dynamo import OptimizedModule
 
-from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, split_batch, split_batch_keeping_both
+from nnunet_uda.data.loader import MixedBatchDataLoader, TwinBatchDataLoader, split_batch
 from nnunet_uda.distributed import average_gradients
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.losses.partial_labels import PartialLabelLoss
@@ -175,9 +175,7 @@ class nnUNetTrainerUDA(nnUNetTrainer):
             self.print_to_log_file(f"WARNING: the training split has no {'source' if target else 'target'} cases; "
                                    f"every batch is drawn from the {len(only)} others")
             return [(only, self.batch_size)]
-        mixed = 0 < self.target_share < 1
-        n_target, n_source = (split_batch_keeping_both(self.batch_size, self.target_share, ("target", "source"))
-                              if mixed else split_batch(self.batch_size, self.target_share))
+        n_target, n_source = split_batch(self.batch_size, self.target_share, ("target", "source"))
         return [(target, n_target), (source, n_source)]
 
     def training_cases_of(self, domains, training_cases) -> list[str]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_uda.data.loader import split_batch_keeping_both
+from nnunet_uda.data.loader import split_batch
 from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
 from nnunet_uda.nn.network import NetworkOutput
 from nnunet_uda.nn.projection import ProjectionHead
@@ -156,8 +156,7 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
             missing = "unlabeled (\"labels\": \"none\")" if not unlabeled else "labeled"
             raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled training cases, but fold "
                                f"{self.fold} has no {missing} ones; see docs/datasets.md#semi-supervised-datasets")
-        self.n_unlabeled, n_labeled = split_batch_keeping_both(self.batch_size, self.unlabeled_share,
-                                                               ("unlabeled", "labeled"))
+        self.n_unlabeled, n_labeled = split_batch(self.batch_size, self.unlabeled_share, ("unlabeled", "labeled"))
         return [(unlabeled, self.n_unlabeled), (labeled, n_labeled)]
 
     # ------------------------------------------------------------------ the loss (eq. 3)
