@@ -67,6 +67,12 @@ def test_entropy_split_of_equal_entropies_selects_nothing():
     assert torch.allclose(entropy, torch.tensor(math.log(5))) and not reliable.any() and not unreliable.any()
 
 
+def test_entropy_split_of_an_empty_batch_is_empty():
+    entropy, reliable, unreliable = entropy_split(torch.zeros(0, 3, 4, 4, 4))
+    assert entropy.shape == reliable.shape == unreliable.shape == (0, 4, 4, 4)
+    assert reliable.dtype == unreliable.dtype == torch.bool
+
+
 # ---------------------------------------------------------------- memory bank and queue
 
 def test_bank_is_a_fifo_per_class_with_overflow():

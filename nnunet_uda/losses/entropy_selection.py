@@ -39,9 +39,6 @@ def entropy_split(probs: torch.Tensor, alpha: float = 0.5) -> tuple[torch.Tensor
         infinity = e.new_tensor(float("inf"))
         low, negative_high = all_reduced(torch.stack((e.min() if e.numel() else infinity,
                                                       -e.max() if e.numel() else infinity)), ReduceOp.MIN)
-        if count == 0:
-            empty = torch.zeros_like(entropy, dtype=torch.bool)
-            return entropy, empty, empty.clone()
         mean = total / count
         tau = mean + alpha * (squares / count - mean * mean).clamp_min(0).sqrt()
         tau = torch.where(low == -negative_high, -negative_high, tau)
