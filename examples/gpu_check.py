@@ -108,9 +108,11 @@ def prediction_seconds(preprocessed: Path, device, case_shape, mirroring: bool) 
     network = ResidualEncoderUNet(**dict(RESENC_M, num_classes=heads), deep_supervision=False)
     predictor = nnUNetPredictor(use_mirroring=mirroring, device=device, verbose=False, allow_tqdm=False)
     training_compile = os.environ.pop("nnUNet_compile")  # nnUNetv2_predict compiles only when this is set true
-    predictor.manual_initialization(network, manager, manager.get_configuration("3d_fullres"), None, dataset_json,
-                                    "nnUNetTrainer", (0, 1, 2))
-    os.environ["nnUNet_compile"] = training_compile
+    try:
+        predictor.manual_initialization(network, manager, manager.get_configuration("3d_fullres"), None,
+                                        dataset_json, "nnUNetTrainer", (0, 1, 2))
+    finally:
+        os.environ["nnUNet_compile"] = training_compile
     image = torch.randn(1, *case_shape)
     predictor.predict_sliding_window_return_logits(image[:, :128, :128, :128])  # warm-up
     synchronize(device)
