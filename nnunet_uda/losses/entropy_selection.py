@@ -31,6 +31,7 @@ def entropy_split(probs: torch.Tensor, alpha: float = 0.5) -> tuple[torch.Tensor
     Returns the entropy (B, *spatial) and the reliable and unreliable masks (bool, B, *spatial), all
     detached; the threshold pools every voxel of the batch, under DDP of every rank's share of it (the
     count, sum, sum of squares and extremes reduced over the ranks, in float64), so all ranks use one tau_e.
+    No host synchronisation: with no voxel on any rank tau_e is NaN and both masks are empty.
     """
     with torch.no_grad():
         entropy = voxel_entropy(probs)
