@@ -166,22 +166,23 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         return self.counters.values["iterations"] / (self.num_epochs * self.num_iterations_per_epoch)
 
     def training_loss(self, data, target, keys):
+        terms = self.loss_terms(data, target, keys)
+        for name, (weight, value) in terms.items():
+            self.log_scalar(f"l_{name}", value)
+            self.log_scalar(f"lambda_{name}", weight)
+        return sum(weight * value for weight, value in terms.values())
+
+    def loss_terms(self, data, target, keys) -> dict[str, tuple[float, torch.Tensor]]:
+        """Eq. 3's terms on one batch, name -> (weight at this iteration, value): L_sup, L_cps, a method's own."""
         a, b = self.run_pair(data)
         u = self.n_unlabeled
         labeled = [t[u:] for t in target]
         annotated = self.batch_annotations(keys[u:])
-        losses = {"sup": self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
-                  + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated),
-                  "cps": cross_pseudo_supervision(a.logits[0][:u], b.logits[0][:u])}
         ramp = sigmoid_rampup(self.progress, 1.0) if self.cps_rampup else 1.0
-        weights = {"sup": self.supervised_weight, "cps": self.cps_weight * ramp}
-        for name, (weight, value) in self.method_losses(a, b, labeled[0], u).items():
-            losses[name], weights[name] = value, weight
-        for name, value in losses.items():
-            self.log_scalar(f"l_{name}", value)
-        for name, value in weights.items():
-            self.log_scalar(f"lambda_{name}", value)
-        return sum(weights[name] * value for name, value in losses.items())
+        terms = {"sup": (self.supervised_weight, self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
+                         + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated)),
+                 "cps": (self.cps_weight * ramp, cross_pseudo_supervision(a.logits[0][:u], b.logits[0][:u]))}
+        return {**terms, **self.method_losses(a, b, labeled[0], u)}
 
     def method_losses(self, a: CoTrainingOutputs, b: CoTrainingOutputs, labels: torch.Tensor,
                       n_unlabeled: int) -> dict[str, tuple[float, torch.Tensor]]:
