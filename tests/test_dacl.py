@@ -80,3 +80,36 @@ def test_variants_switch_what_their_table_row_names(dacl_run, build_trainer):
     paper = build_trainer(dacl_run, nnUNetTrainerDACL_PaperSGD)
     assert {(g["momentum"], g["weight_decay"]) for g in paper.optimizer.param_groups} == {(0.9, 1e-4)}
     assert len(paper.optimizer.param_groups) == 2
+
+
+def test_labeled_contrast_takes_no_unlabeled_voxel_however_confident(dacl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDACL, nnUNetTrainerDACL_LabeledContrast
+    from nnunet_uda.training.cotraining import CoTrainingOutputs
+
+    torch.manual_seed(0)
+    labels = torch.zeros(1, 1, 8, 8, 8)
+    labels[0, 0, :2, :2, :] = 1  # 32 labeled voxels of class 1, the rest background
+    counts = {}
+    for trainer_class in (nnUNetTrainerDACL, nnUNetTrainerDACL_LabeledContrast):
+        trainer = build_trainer(dacl_run, trainer_class)
+        logits = torch.zeros(2, trainer.label_manager.num_segmentation_heads, 8, 8, 8)
+        logits[0, 1] = 50.0  # the unlabeled sample: class 1 everywhere, probability 1
+        channels = trainer.configuration_manager.network_arch_init_kwargs["features_per_stage"][0]
+        outputs = CoTrainingOutputs([logits], torch.randn(2, channels, 8, 8, 8), trainer.heads[0])
+        _, classes = trainer.class_features(outputs, labels, 1)
+        counts[trainer_class.__name__] = int((classes == 1).sum())
+    assert counts == {"nnUNetTrainerDACL": 512, "nnUNetTrainerDACL_LabeledContrast": 32}
+
+
+def test_ramped_cross_ramps_lambda_cross_to_one(dacl_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerDACL_RampedCross
+
+    trainer = build_trainer(dacl_run, nnUNetTrainerDACL_RampedCross)
+    loader, _ = trainer.get_dataloaders()
+    batch = next(loader)
+    data, target = trainer._to_device(batch)
+    weights = []
+    for t in (0, trainer.num_epochs * trainer.num_iterations_per_epoch):
+        trainer.counters.values["iterations"] = t
+        weights.append(trainer.loss_terms(data, target, batch["keys"])["cps"][0])
+    assert weights == [pytest.approx(math.exp(-5)), 1.0]

@@ -160,3 +160,16 @@ class nnUNetTrainerDACL_PaperSGD(nnUNetTrainerDACL):
         for group in optimizer.param_groups:
             group.update(momentum=0.9, weight_decay=1e-4)
         return optimizer, scheduler
+
+
+class nnUNetTrainerDACL_LabeledContrast(nnUNetTrainerDACL):
+    """The full trainer with the contrast fed labeled voxels only (no probability exceeds phi = 1): against
+    ``nnUNetTrainerDACL``, what the confidence-selected unlabeled voxels bring or cost
+    (docs/methods/dacl.md#measured)."""
+    reliability = 1.0
+
+
+class nnUNetTrainerDACL_RampedCross(nnUNetTrainerDACL):
+    """The full trainer with lambda_cross ramped to 1 over the run (the base's Gaussian ramp, as CPS ramps lambda_u)
+    instead of 1 from the first iteration (docs/methods/dacl.md#measured)."""
+    cps_rampup = True
