@@ -17,7 +17,8 @@ The recipe (eq. 1), on the co-training base (:mod:`nnunet_uda.training.cotrainin
   one class memory bank (L = 1,000) in the checkpoint.
 
 The paper's SGD (momentum 0.9, weight decay 1e-4) against nnU-Net's (0.99, 3e-5): ``nnUNetTrainerDACL_PaperSGD``.
-Variants are Table 2's rows I-VI. Measurements and choices: docs/methods/dacl.md.
+Variants: Table 2's rows I-VI, the forms the text leaves open, and two that isolate measured losses
+(``_LabeledContrast``, ``_RampedCross``). Measurements and choices: docs/methods/dacl.md.
 """
 from __future__ import annotations
 
