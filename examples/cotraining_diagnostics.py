@@ -13,8 +13,8 @@ banks restored as ``--c`` restores them, every weight at its value of that itera
    share of its voxels each network assigns, with probability above ``--phi`` (DACL's 0.8), to that class and to
    another one: what confidence-selected pseudo labels (DACL's features, L_cps's confident part) train towards.
 
-    python examples/cotraining_diagnostics.py --work /work/bench_var -d 974 -tr nnUNetTrainerDACL \
-        --epochs 50 --iterations 20
+    python examples/cotraining_diagnostics.py --work benchmark_output/semi_supervised_v2 -d 974 \
+        -tr nnUNetTrainerDACL --epochs 50 --iterations 20
 
 It trains nothing, but nnU-Net's trainer set-up writes a training log into the trainer's results folder.
 Findings: docs/methods/dvcl.md#measured, docs/methods/dacl.md#measured.
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from tqdm import tqdm
 
 from nnunet_uda.data.semi_supervised import REFERENCE_FOLDER
 from nnunet_uda.embeddings import central_patch
@@ -73,7 +74,7 @@ def print_gradients(trainer, batches: int) -> None:
     loader, _ = trainer.get_dataloaders()
     parameters = list(trainer.network.parameters())
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
-    for _ in range(batches):
+    for _ in tqdm(range(batches), desc="loss terms", unit="batch"):
         batch = next(loader)
         data, target = trainer._to_device(batch)
         terms = trainer.loss_terms(data, target, batch["keys"])
@@ -112,14 +113,19 @@ def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: floa
     for network in networks.values():
         network.eval()
     with torch.no_grad():
-        for case in unlabeled:
+        for case in tqdm(unlabeled, desc="pseudo labels", unit="case"):
             data, _, _, properties = dataset.load_case(case)
             if any(s > p for s, p in zip(data.shape[1:], patch)):
                 raise ValueError(f"{case}: shape {data.shape[1:]} exceeds the patch {patch}; this diagnostic "
                                  f"predicts every case in one patch")
             path = reference_folder / f"{case}{trainer.dataset_json['file_ending']}"
             reference = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            reference = reference.transpose(trainer.plans_manager.transpose_forward)
             reference = reference[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])]
+            if reference.shape != data.shape[1:]:
+                raise ValueError(f"{case}: the reference {path} cropped to {reference.shape} does not match the "
+                                 f"preprocessed case {data.shape[1:]}; this diagnostic needs data planned at its "
+                                 f"own spacing (no resampling)")
             reference = central_patch(reference[None], patch, fill=-1)[0]
             image = torch.from_numpy(central_patch(np.asarray(data), patch))[None]
             inside = reference >= 0
