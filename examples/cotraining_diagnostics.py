@@ -27,7 +27,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
@@ -94,14 +93,12 @@ def print_gradients(trainer, batches: int) -> None:
 
 
 def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: float) -> None:
-    """Part 2 of the module docstring, for ``networks`` (name -> network)."""
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    folder = trainer.preprocessed_dataset_folder
+    """Part 2 of the module docstring, for ``networks`` (name -> network). Images and true labels go through
+    nnU-Net's preprocessor as in training."""
+    raw = Path(os.environ["nnUNet_raw"]) / Path(trainer.preprocessed_dataset_folder_base).name
+    ending = trainer.dataset_json["file_ending"]
     _, unlabeled = labeled_and_unlabeled(trainer.domain_table, trainer.get_tr_and_val_datasets()[0].identifiers)
-    dataset = infer_dataset_class(folder)(folder, unlabeled)
-    reference_folder = Path(os.environ["nnUNet_raw"]) / Path(trainer.preprocessed_dataset_folder_base).name \
-        / REFERENCE_FOLDER
+    preprocessor = trainer.configuration_manager.preprocessor_class(verbose=False)
     patch = trainer.configuration_manager.patch_size
     names = {value: name for name, value in trainer.dataset_json["labels"].items() if name != "ignore"}
     names = [names[c] for c in sorted(names)]
@@ -114,19 +111,14 @@ def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: floa
         network.eval()
     with torch.no_grad():
         for case in tqdm(unlabeled, desc="pseudo labels", unit="case"):
-            data, _, _, properties = dataset.load_case(case)
+            files = sorted(str(f) for f in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
+            data, reference, _ = preprocessor.run_case(files, str(raw / REFERENCE_FOLDER / f"{case}{ending}"),
+                                                       trainer.plans_manager, trainer.configuration_manager,
+                                                       trainer.dataset_json)
             if any(s > p for s, p in zip(data.shape[1:], patch)):
                 raise ValueError(f"{case}: shape {data.shape[1:]} exceeds the patch {patch}; this diagnostic "
                                  f"predicts every case in one patch")
-            path = reference_folder / f"{case}{trainer.dataset_json['file_ending']}"
-            reference = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            reference = reference.transpose(trainer.plans_manager.transpose_forward)
-            reference = reference[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])]
-            if reference.shape != data.shape[1:]:
-                raise ValueError(f"{case}: the reference {path} cropped to {reference.shape} does not match the "
-                                 f"preprocessed case {data.shape[1:]}; this diagnostic needs data planned at its "
-                                 f"own spacing (no resampling)")
-            reference = central_patch(reference[None], patch, fill=-1)[0]
+            reference = central_patch(reference, patch, fill=-1)[0]
             image = torch.from_numpy(central_patch(np.asarray(data), patch))[None]
             inside = reference >= 0
             predictions = {}
