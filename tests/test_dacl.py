@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import changed, train_tiny
+from nnunet_uda.losses.cross_pseudo import cross_pseudo_supervision
 
 TRAINER = "nnUNetTrainerDACL"
 
@@ -113,3 +114,21 @@ def test_ramped_cross_ramps_lambda_cross_to_one(dacl_run, build_trainer):
         trainer.counters.values["iterations"] = t
         weights.append(trainer.loss_terms(data, target, batch["keys"])["cps"][0])
     assert weights == [pytest.approx(math.exp(-5)), 1.0]
+
+
+def test_cross_supervision_covers_every_case_of_the_batch(dacl_run, build_trainer):
+    """DACL's L_cross on the labeled and the unlabeled case of the batch ("all samples are utilized to construct
+    cross-supervised learning"), the CPS base's on the unlabeled one alone (DVCL eq. 2)."""
+    from nnunet_uda.training import nnUNetTrainerCPS, nnUNetTrainerDACL
+
+    for trainer_class, crossed, left_out in ((nnUNetTrainerDACL, slice(None), slice(1)),
+                                             (nnUNetTrainerCPS, slice(1), slice(None))):
+        trainer = build_trainer(dacl_run, trainer_class)
+        loader, _ = trainer.get_dataloaders()
+        batch = next(loader)
+        data, target = trainer._to_device(batch)
+        with torch.no_grad():
+            value = trainer.loss_terms(data, target, batch["keys"])["cps"][1].item()
+            a, b = trainer.run_pair(data)
+        expected, other = (cross_pseudo_supervision(a.logits[0][s], b.logits[0][s]).item() for s in (crossed, left_out))
+        assert value == pytest.approx(expected, rel=1e-5) and value != pytest.approx(other, rel=1e-3)

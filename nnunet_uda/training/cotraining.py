@@ -16,7 +16,8 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
   loss scale, that halves the supervised step and cost 0.04 Dice on the phantom (docs/methods/dvcl.md#measured),
   so ``supervised_weight`` is 1 (eq. 1's 1/2: ``nnUNetTrainerCPS_PaperScale``);
 - L_cps (eq. 2): CE of each network against the other's detached argmax on the unlabeled cases, at full
-  resolution (:func:`~nnunet_uda.losses.cross_pseudo.cross_pseudo_supervision`);
+  resolution (:func:`~nnunet_uda.losses.cross_pseudo.cross_pseudo_supervision`); with ``cps_on_labeled`` on
+  every case of the batch, labeled ones included (DACL);
 - lambda_u(t) = ``cps_weight`` x exp(-5 (1 - t / T)^2), t the iterations done, T the whole training (the
   sigmoid ramp-up of UA-MT over the run, as the CPS baseline of DVCL's benchmark ramps it), or ``cps_weight``
   throughout with ``cps_rampup`` off (DACL's lambda_cross = 1);
@@ -80,6 +81,8 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     #: lambda_u's maximum (DVCL eq. 3: 0.1), reached by the ramp-up, or held throughout without it
     cps_weight = 0.1
     cps_rampup = True
+    #: L_cps on the unlabeled cases alone (DVCL eq. 2), or on every case of the batch (DACL)
+    cps_on_labeled = False
     #: each network's weight on nnU-Net's Dice + CE (nnU-Net's own training: 1; eq. 1: 1/2)
     supervised_weight = 1.0
     #: output size of the projection heads; None: no heads (CPS)
@@ -179,9 +182,11 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         labeled = [t[u:] for t in target]
         annotated = self.batch_annotations(keys[u:])
         ramp = sigmoid_rampup(self.progress, 1.0) if self.cps_rampup else 1.0
+        crossed = slice(None) if self.cps_on_labeled else slice(u)
+        cps = cross_pseudo_supervision(a.logits[0][crossed], b.logits[0][crossed])
         terms = {"sup": (self.supervised_weight, self.supervised_loss([x[u:] for x in a.logits], labeled, annotated)
                          + self.supervised_loss([x[u:] for x in b.logits], labeled, annotated)),
-                 "cps": (self.cps_weight * ramp, cross_pseudo_supervision(a.logits[0][:u], b.logits[0][:u]))}
+                 "cps": (self.cps_weight * ramp, cps)}
         return {**terms, **self.method_losses(a, b, labeled[0], u)}
 
     def method_losses(self, a: CoTrainingOutputs, b: CoTrainingOutputs, labels: torch.Tensor,

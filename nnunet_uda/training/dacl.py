@@ -4,7 +4,8 @@ The recipe (eq. 1), on the co-training base (:mod:`nnunet_uda.training.cotrainin
 
     L = L_sup + lambda_cross L_cross + lambda_CL(t) L_CL^soft
 
-- L_cross: the base's cross pseudo supervision, lambda_cross = 1 throughout (no ramp-up);
+- L_cross: the base's cross pseudo supervision on every case of the batch, labeled ones included ("all samples
+  are utilized to construct cross-supervised learning"), lambda_cross = 1 throughout (no ramp-up);
 - lambda_CL(t) = 0.1 exp(-5 (1 - t / t_max)^2), held at 0 for the first 1,000 iterations (of the paper's
   30,000: a run shorter than 30,000 iterations waits the same share, 1/30 of it);
 - features (eq. 2): a projection head (linear - ReLU - linear to ``projection_dim``) on each network's
@@ -34,6 +35,7 @@ from nnunet_uda.training.schedules import sigmoid_rampup
 class nnUNetTrainerDACL(nnUNetTrainerCPS):
     cps_weight = 1.0
     cps_rampup = False
+    cps_on_labeled = True
     projection_dim = 64
     #: lambda_CL's maximum, and the iterations it is held at 0 (at most ``warmup_share`` of the run)
     contrast_weight = 0.1
