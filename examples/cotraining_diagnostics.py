@@ -11,7 +11,8 @@ banks restored as ``--c`` restores them, every weight at its value of that itera
 2. on the unlabeled training cases, against the true labels the dataset keeps (``labelsTr_reference``): Dice per
    class of network A and of network B, the Dice between the two networks' predictions, and per true class the
    share of its voxels each network assigns, with probability above ``--phi`` (DACL's 0.8), to that class and to
-   another one: what confidence-selected pseudo labels (DACL's features, L_cps's confident part) train towards.
+   another one: what confidence-selected pseudo labels (DACL's features, L_cps's confident part) train towards;
+   and, beside them, the Dice of each network on the labeled training cases (what it fits).
 
     python examples/cotraining_diagnostics.py --work benchmark_output/semi_supervised_v2 -d 974 \
         -tr nnUNetTrainerDACL --epochs 50 --iterations 20
@@ -97,22 +98,25 @@ def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: floa
     nnU-Net's preprocessor as in training."""
     raw = Path(os.environ["nnUNet_raw"]) / Path(trainer.preprocessed_dataset_folder_base).name
     ending = trainer.dataset_json["file_ending"]
-    _, unlabeled = labeled_and_unlabeled(trainer.domain_table, trainer.get_tr_and_val_datasets()[0].identifiers)
+    labeled, unlabeled = labeled_and_unlabeled(trainer.domain_table,
+                                               trainer.get_tr_and_val_datasets()[0].identifiers)
+    cases = [(case, REFERENCE_FOLDER) for case in unlabeled] + [(case, "labelsTr") for case in labeled]
     preprocessor = trainer.configuration_manager.preprocessor_class(verbose=False)
     patch = trainer.configuration_manager.patch_size
     names = {value: name for name, value in trainer.dataset_json["labels"].items() if name != "ignore"}
     names = [names[c] for c in sorted(names)]
     n = len(names)
     dices = {net: [] for net in networks}
+    fit = {net: [] for net in networks}
     if "B" in networks:
         dices["A vs B"] = []
     reliable = {net: np.zeros((n, 3)) for net in networks}  # per true class: voxels, right above phi, wrong above it
     for network in networks.values():
         network.eval()
     with torch.no_grad():
-        for case in tqdm(unlabeled, desc="pseudo labels", unit="case"):
+        for case, labels in tqdm(cases, desc="pseudo labels", unit="case"):
             files = sorted(str(f) for f in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
-            data, reference, _ = preprocessor.run_case(files, str(raw / REFERENCE_FOLDER / f"{case}{ending}"),
+            data, reference, _ = preprocessor.run_case(files, str(raw / labels / f"{case}{ending}"),
                                                        trainer.plans_manager, trainer.configuration_manager,
                                                        trainer.dataset_json)
             if any(s > p for s, p in zip(data.shape[1:], patch)):
@@ -127,24 +131,34 @@ def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: floa
                 logits = logits[0] if isinstance(logits, (list, tuple)) else logits
                 confidence, predicted = (t[0].numpy() for t in torch.softmax(logits.float(), 1).max(1))
                 predictions[net] = predicted
-                dices[net].append([dice(predicted[inside] == c, reference[inside] == c) for c in range(1, n)])
+                scores = [dice(predicted[inside] == c, reference[inside] == c) for c in range(1, n)]
+                if labels != REFERENCE_FOLDER:
+                    fit[net].append(scores)
+                    continue
+                dices[net].append(scores)
                 sure = inside & (confidence > phi)
                 for c in range(n):
                     truth = reference == c
                     reliable[net][c] += (truth.sum(), (truth & sure & (predicted == c)).sum(),
                                          (truth & sure & (predicted != c)).sum())
-            if "B" in predictions:
+            if "B" in predictions and labels == REFERENCE_FOLDER:
                 dices["A vs B"].append([dice(predictions["A"][inside] == c, predictions["B"][inside] == c)
                                         for c in range(1, n)])
-    print(f"\nUnlabeled training cases ({len(unlabeled)}) against their true labels, Dice per class (means):")
-    print("| | " + " | ".join(names[1:]) + " |\n|---|" + "---|" * (n - 1))
-    for row, values in dices.items():
-        print(f"| {row} | " + " | ".join(f"{v:.2f}" for v in np.nanmean(values, 0)) + " |")
+    print_dice(f"Unlabeled training cases ({len(unlabeled)}) against their true labels", dices, names)
+    print_dice(f"Labeled training cases ({len(labeled)}): the fit", fit, names)
     print(f"\nShare of each true class's voxels predicted with probability above {phi}: as that class / as another:")
     print("| network | " + " | ".join(names) + " |\n|---|" + "---|" * n)
     for net, counts in reliable.items():
         cells = [f"{right / max(total, 1):.2f} / {wrong / max(total, 1):.2f}" for total, right, wrong in counts]
         print(f"| {net} | " + " | ".join(cells) + " |")
+
+
+def print_dice(title: str, rows: dict[str, list[list[float]]], names: list[str]) -> None:
+    """A table of mean Dice per foreground class, one row per network (``rows``: name -> per case, per class)."""
+    print(f"\n{title}, Dice per class (means):")
+    print("| | " + " | ".join(names[1:]) + " |\n|---|" + "---|" * (len(names) - 1))
+    for row, values in rows.items():
+        print(f"| {row} | " + " | ".join(f"{v:.2f}" for v in np.nanmean(values, 0)) + " |")
 
 
 if __name__ == "__main__":
