@@ -114,9 +114,10 @@ def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: floa
     for network in networks.values():
         network.eval()
     with torch.no_grad():
-        for case, labels in tqdm(cases, desc="pseudo labels", unit="case"):
+        for case, label_folder in tqdm(cases, desc="pseudo labels", unit="case"):
+            unlabeled_case = label_folder == REFERENCE_FOLDER
             files = sorted(str(f) for f in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
-            data, reference, _ = preprocessor.run_case(files, str(raw / labels / f"{case}{ending}"),
+            data, reference, _ = preprocessor.run_case(files, str(raw / label_folder / f"{case}{ending}"),
                                                        trainer.plans_manager, trainer.configuration_manager,
                                                        trainer.dataset_json)
             if any(s > p for s, p in zip(data.shape[1:], patch)):
@@ -131,17 +132,16 @@ def print_pseudo_labels(trainer, networks: dict[str, torch.nn.Module], phi: floa
                 logits = logits[0] if isinstance(logits, (list, tuple)) else logits
                 confidence, predicted = (t[0].numpy() for t in torch.softmax(logits.float(), 1).max(1))
                 predictions[net] = predicted
-                scores = [dice(predicted[inside] == c, reference[inside] == c) for c in range(1, n)]
-                if labels != REFERENCE_FOLDER:
-                    fit[net].append(scores)
+                (dices if unlabeled_case else fit)[net].append(
+                    [dice(predicted[inside] == c, reference[inside] == c) for c in range(1, n)])
+                if not unlabeled_case:
                     continue
-                dices[net].append(scores)
                 sure = inside & (confidence > phi)
                 for c in range(n):
                     truth = reference == c
                     reliable[net][c] += (truth.sum(), (truth & sure & (predicted == c)).sum(),
                                          (truth & sure & (predicted != c)).sum())
-            if "B" in predictions and labels == REFERENCE_FOLDER:
+            if "B" in predictions and unlabeled_case:
                 dices["A vs B"].append([dice(predictions["A"][inside] == c, predictions["B"][inside] == c)
                                         for c in range(1, n)])
     print_dice(f"Unlabeled training cases ({len(unlabeled)}) against their true labels", dices, names)

@@ -26,9 +26,9 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
 
 With ``projection_dim`` set, each network gets a :class:`~nnunet_uda.nn.projection.ProjectionHead` on its
 decoder stage ``feature_stage`` (0: full resolution), fed from the same forward pass, applied to the voxels a
-method samples; subclasses receive both networks' :class:`CoTrainingOutputs` in :meth:`method_losses`. DDP: network B and the heads are wrapped
-like network A (and compiled like it); every term keeps every parameter in the graph (a zero weight multiplies,
-it does not skip).
+method samples; subclasses receive both networks' :class:`CoTrainingOutputs` in :meth:`method_losses`. DDP:
+network B and the heads are wrapped like network A (and compiled like it); every term keeps every parameter in the
+graph (a zero weight multiplies, it does not skip).
 Measurements and choices: docs/methods/dvcl.md.
 """
 from __future__ import annotations
