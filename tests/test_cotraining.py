@@ -3,11 +3,13 @@ ramp, the projection head, and a real nnUNetv2_train / --c / nnUNetv2_predict ru
 phantom with the trainer rebuilt in-process from its preprocessed data."""
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from conftest import (assert_same_on_every_rank, build_before_joining, changed, ddp_train_steps, on_gloo_ranks,
                       train_tiny, trained_states)
@@ -158,6 +160,29 @@ def test_a_dataset_without_unlabeled_cases_is_refused(dvcl_run, build_trainer):
     assert np.isclose(trainer.cps_weight, 0.1)
 
 
+def test_unlabeled_cases_added_to_the_planned_labeled_batch(dvcl_run, build_trainer):
+    """``unlabeled_per_labeled``: nnU-Net's planned batch (2) stays labeled at the end of the batch with its one
+    foreground-forced sample (nnU-Net's loader rule), 2 unlabeled cases come before it, and a step trains."""
+    from nnunet_uda.training import nnUNetTrainerCPS, nnUNetTrainerCPS_PlusUnlabeled
+    from nnunet_uda.training.cotraining import labeled_and_unlabeled
+
+    def forced(trainer):
+        shares = SimpleNamespace(batch_size=trainer.batch_size,
+                                 oversample_foreground_percent=trainer.oversample_foreground_percent)
+        return [nnUNetDataLoader._oversample_last_XX_percent(shares, i) for i in range(trainer.batch_size)]
+
+    split = build_trainer(dvcl_run, nnUNetTrainerCPS)
+    split.get_dataloaders()
+    trainer = build_trainer(dvcl_run, nnUNetTrainerCPS_PlusUnlabeled)
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    assert (split.batch_size, split.n_unlabeled, forced(split)) == (2, 1, [False, True])
+    assert (trainer.batch_size, trainer.n_unlabeled, forced(trainer)) == (4, 2, [False, False, False, True])
+    batch = next(trainer.dataloader_train)
+    labeled, unlabeled = labeled_and_unlabeled(trainer.domain_table, batch["keys"])
+    assert batch["keys"][:2] == unlabeled and batch["keys"][2:] == labeled
+    assert np.isfinite(trainer.train_step(batch)["loss"])
+
+
 def test_voxel_embeddings_of_the_test_set(dvcl_run, tmp_path):
     from nnunet_uda.pipeline import command
 
@@ -178,15 +203,16 @@ def _ddp_steps(rank, trainer):
             "states": trained_states(trainer)}
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerDVCL", "nnUNetTrainerDACL"])
-def test_both_networks_heads_and_banks_stay_identical_across_ddp_ranks(semi_supervised_phantom, tmp_path, name):
+@pytest.mark.parametrize("name, split", [("nnUNetTrainerDVCL", (2, 1)), ("nnUNetTrainerDACL", (2, 1)),
+                                         ("nnUNetTrainerCPS_PlusUnlabeled", (4, 2))])
+def test_both_networks_heads_and_banks_stay_identical_across_ddp_ranks(semi_supervised_phantom, tmp_path, name, split):
     """Two iterations on two gloo ranks with different batches, the networks and heads in DDP as nnU-Net and the
-    trainer wrap them: networks, heads, banks and queues equal on both ranks afterwards; each rank's batch half
-    unlabeled."""
+    trainer wrap them: networks, heads, banks and queues equal on both ranks afterwards; each rank's (batch,
+    unlabeled) split of the planned batch of 4: half of its 2 cases, or its 2 labeled cases plus 2 unlabeled."""
     from nnunet_uda import training
 
     ranks = on_gloo_ranks(_ddp_steps, tmp_path, semi_supervised_phantom, tmp_path / "results",
                           getattr(training, name), before_joining=build_before_joining)
-    assert [r["split"] for r in ranks] == [(2, 1), (2, 1)]
+    assert [r["split"] for r in ranks] == [split, split]
     assert not torch.equal(ranks[0]["data"], ranks[1]["data"])
     assert_same_on_every_rank([r["states"] for r in ranks])

@@ -7,6 +7,8 @@ The recipe (DVCL paper section 3.1, eqs. 1-3; CPS: Chen et al., CVPR 2021)::
 - data: one domain, labeled cases and unlabeled ones (domain table ``"labels": "none"``); every batch holds
   B_u unlabeled cases first and B_l labeled ones last, where nnU-Net forces foreground
   (``unlabeled_share`` of the planned batch size, default half), through nnU-Net's loader and augmentation;
+  with ``unlabeled_per_labeled`` set, nnU-Net's planned batch stays labeled, its foreground oversampling
+  unchanged, and B_u = ``unlabeled_per_labeled`` x B_l unlabeled cases are added to it (per GPU under DDP);
 - networks: two of the planned architecture (nnU-Net's own, the ResEnc presets), not sharing parameters,
   initialised by separate draws. Network A is ``self.network``: what ``nnUNetv2_predict`` loads
   (``network_weights``); network B, the projection heads and every method's banks and queues are kept in
@@ -78,6 +80,9 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     use_conditional_norm = False
     #: share of every batch drawn from unlabeled cases (B_u / B)
     unlabeled_share = 0.5
+    #: None: the planned batch is split by ``unlabeled_share``; r: the planned batch stays labeled (B_l) and
+    #: round(r x B_l) unlabeled cases are added to it
+    unlabeled_per_labeled: float | None = None
     #: lambda_u's maximum (DVCL eq. 3: 0.1), reached by the ramp-up, or held throughout without it
     cps_weight = 0.1
     cps_rampup = True
@@ -152,6 +157,18 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
         return CoTrainingOutputs(logits, output.decoder[self.feature_stage], head)
 
     # ------------------------------------------------------------------ batches
+    def _set_batch_size_and_oversample(self):
+        """nnU-Net's batch size and oversampling (per GPU under DDP); with ``unlabeled_per_labeled`` that batch
+        becomes the labeled tail of a larger one, its foreground-forced samples kept in number."""
+        super()._set_batch_size_and_oversample()
+        if self.unlabeled_per_labeled is None:
+            return
+        labeled = self.batch_size
+        forced = labeled - round(labeled * (1 - self.oversample_foreground_percent))  # nnU-Net's loader rule
+        self.n_unlabeled = max(1, round(self.unlabeled_per_labeled * labeled))
+        self.batch_size = labeled + self.n_unlabeled
+        self.oversample_foreground_percent = forced / self.batch_size
+
     def batch_pools(self, training_cases):
         """Unlabeled cases first, labeled ones last (where nnU-Net forces foreground)."""
         labeled, unlabeled = labeled_and_unlabeled(self.domain_table, training_cases)
@@ -159,8 +176,9 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
             missing = "unlabeled (\"labels\": \"none\")" if not unlabeled else "labeled"
             raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled training cases, but fold "
                                f"{self.fold} has no {missing} ones; see docs/datasets.md#semi-supervised-datasets")
-        self.n_unlabeled, n_labeled = split_batch(self.batch_size, self.unlabeled_share, ("unlabeled", "labeled"))
-        return [(unlabeled, self.n_unlabeled), (labeled, n_labeled)]
+        if self.unlabeled_per_labeled is None:
+            self.n_unlabeled, _ = split_batch(self.batch_size, self.unlabeled_share, ("unlabeled", "labeled"))
+        return [(unlabeled, self.n_unlabeled), (labeled, self.batch_size - self.n_unlabeled)]
 
     # ------------------------------------------------------------------ the loss (eq. 3)
     @property
@@ -207,3 +225,9 @@ class nnUNetTrainerCPS_PaperScale(nnUNetTrainerCPS):
     """CPS with eq. 1's (Dice + CE) / 2 per network: under nnU-Net's SGD half the supervised step of
     ``nnUNetTrainerLabeledOnly`` (docs/methods/dvcl.md#measured)."""
     supervised_weight = 0.5
+
+
+class nnUNetTrainerCPS_PlusUnlabeled(nnUNetTrainerCPS):
+    """CPS on nnU-Net's planned batch of labeled cases plus as many unlabeled ones: each network sees the labeled
+    cases as often as ``nnUNetTrainerLabeledOnly`` does, at twice its batch (docs/methods/dvcl.md#measured)."""
+    unlabeled_per_labeled = 1.0

@@ -176,3 +176,9 @@ class nnUNetTrainerDACL_RampedCross(nnUNetTrainerDACL):
     """The full trainer with lambda_cross ramped to 1 over the run (the base's Gaussian ramp, as CPS ramps lambda_u)
     instead of 1 from the first iteration (docs/methods/dacl.md#measured)."""
     cps_rampup = True
+
+
+class nnUNetTrainerDACL_PlusUnlabeled(nnUNetTrainerDACL):
+    """The full trainer on nnU-Net's planned batch of labeled cases plus as many unlabeled ones (the co-training
+    base's ``unlabeled_per_labeled``; docs/methods/dacl.md#measured)."""
+    unlabeled_per_labeled = 1.0

@@ -116,3 +116,9 @@ class nnUNetTrainerDVCL_noNPS_noQDS(nnUNetTrainerDVCL):
 class nnUNetTrainerDVCL_noQDS(nnUNetTrainerDVCL):
     """Table 2, fourth row: CPS + HqCL + DVCL + NPS, without QDS."""
     qds = False
+
+
+class nnUNetTrainerDVCL_PlusUnlabeled(nnUNetTrainerDVCL):
+    """The full trainer on nnU-Net's planned batch of labeled cases plus as many unlabeled ones (the co-training
+    base's ``unlabeled_per_labeled``; docs/methods/dvcl.md#measured)."""
+    unlabeled_per_labeled = 1.0
