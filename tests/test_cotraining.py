@@ -160,20 +160,23 @@ def test_a_dataset_without_unlabeled_cases_is_refused(dvcl_run, build_trainer):
     assert np.isclose(trainer.cps_weight, 0.1)
 
 
+def forced(trainer) -> list[bool]:
+    """Which samples of the trainer's batch nnU-Net's loader centres on foreground."""
+    shares = SimpleNamespace(batch_size=trainer.batch_size,
+                             oversample_foreground_percent=trainer.oversample_foreground_percent)
+    return [nnUNetDataLoader._oversample_last_XX_percent(shares, i) for i in range(trainer.batch_size)]
+
+
 def test_unlabeled_cases_added_to_the_planned_labeled_batch(dvcl_run, build_trainer):
     """``unlabeled_per_labeled``: nnU-Net's planned batch (2) stays labeled at the end of the batch with its one
     foreground-forced sample (nnU-Net's loader rule), 2 unlabeled cases come before it, and a step trains."""
     from nnunet_uda.training import nnUNetTrainerCPS, nnUNetTrainerCPS_PlusUnlabeled
     from nnunet_uda.training.cotraining import labeled_and_unlabeled
 
-    def forced(trainer):
-        shares = SimpleNamespace(batch_size=trainer.batch_size,
-                                 oversample_foreground_percent=trainer.oversample_foreground_percent)
-        return [nnUNetDataLoader._oversample_last_XX_percent(shares, i) for i in range(trainer.batch_size)]
-
     split = build_trainer(dvcl_run, nnUNetTrainerCPS)
     split.get_dataloaders()
     trainer = build_trainer(dvcl_run, nnUNetTrainerCPS_PlusUnlabeled)
+    trainer._set_batch_size_and_oversample()  # repeatable
     trainer.dataloader_train, _ = trainer.get_dataloaders()
     assert (split.batch_size, split.n_unlabeled, forced(split)) == (2, 1, [False, True])
     assert (trainer.batch_size, trainer.n_unlabeled, forced(trainer)) == (4, 2, [False, False, False, True])
@@ -199,7 +202,7 @@ def test_voxel_embeddings_of_the_test_set(dvcl_run, tmp_path):
 
 def _ddp_steps(rank, trainer):
     batches = ddp_train_steps(trainer, steps=2)
-    return {"data": batches[0]["data"], "split": (trainer.batch_size, trainer.n_unlabeled),
+    return {"data": batches[0]["data"], "split": (trainer.batch_size, trainer.n_unlabeled, sum(forced(trainer))),
             "states": trained_states(trainer)}
 
 
@@ -208,11 +211,12 @@ def _ddp_steps(rank, trainer):
 def test_both_networks_heads_and_banks_stay_identical_across_ddp_ranks(semi_supervised_phantom, tmp_path, name, split):
     """Two iterations on two gloo ranks with different batches, the networks and heads in DDP as nnU-Net and the
     trainer wrap them: networks, heads, banks and queues equal on both ranks afterwards; each rank's (batch,
-    unlabeled) split of the planned batch of 4: half of its 2 cases, or its 2 labeled cases plus 2 unlabeled."""
+    unlabeled) split of the planned batch of 4: half of its 2 cases, or its 2 labeled cases plus 2 unlabeled;
+    the one foreground-forced sample of nnU-Net's planned batch on the second rank, as nnU-Net splits it."""
     from nnunet_uda import training
 
     ranks = on_gloo_ranks(_ddp_steps, tmp_path, semi_supervised_phantom, tmp_path / "results",
                           getattr(training, name), before_joining=build_before_joining)
-    assert [r["split"] for r in ranks] == [split, split]
+    assert [r["split"] for r in ranks] == [(*split, 0), (*split, 1)]
     assert not torch.equal(ranks[0]["data"], ranks[1]["data"])
     assert_same_on_every_rank([r["states"] for r in ranks])

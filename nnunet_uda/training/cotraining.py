@@ -99,6 +99,7 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.n_unlabeled = 0  # unlabeled samples at the start of every batch (batch_pools)
+        self.planned_oversample = self.oversample_foreground_percent  # of the planned batch, before any change
 
     # ------------------------------------------------------------------ networks
     def configure_optimizers(self):
@@ -159,7 +160,9 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     # ------------------------------------------------------------------ batches
     def _set_batch_size_and_oversample(self):
         """nnU-Net's batch size and oversampling (per GPU under DDP); with ``unlabeled_per_labeled`` that batch
-        becomes the labeled tail of a larger one, its foreground-forced samples kept in number."""
+        becomes the labeled tail of a larger one, its foreground-forced samples kept in number. Repeatable: each
+        call starts from the planned batch and oversampling."""
+        self.oversample_foreground_percent = self.planned_oversample
         super()._set_batch_size_and_oversample()
         if self.unlabeled_per_labeled is None:
             return
