@@ -34,7 +34,6 @@ def time_dacl_bank(preprocessed: Path, device, batch: dict, size: int, warmup: i
     import nnunet_uda.losses.dacl as dacl
 
     trainer = build_trainer("nnUNetTrainerDACL", preprocessed, device, bank_size=size)
-    trainer.n_unlabeled = 1
     bank = trainer.contrast.bank.to(device)
     bank.features.normal_()
     bank.count.fill_(size)
@@ -82,7 +81,6 @@ def main(argv=None) -> None:
         if batch is None:  # one batch for all: a CPS batch (unlabeled first, labeled last)
             loader = build_trainer("nnUNetTrainerCPS", preprocessed, device).get_dataloaders()[0]
             batch = next(loader)
-        trainer.n_unlabeled = 1  # the CPS batch's layout, for every co-training trainer
         seconds, memory = time_train_steps(trainer, batch, args.warmup, args.repeats)
         rows.append((name, seconds, memory if device.type == "cuda" else None))
         print(f"{name}: {seconds:.3f} s per iteration", flush=True)

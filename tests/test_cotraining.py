@@ -174,7 +174,6 @@ def test_unlabeled_cases_added_to_the_planned_labeled_batch(dvcl_run, build_trai
     from nnunet_uda.training.cotraining import labeled_and_unlabeled
 
     split = build_trainer(dvcl_run, nnUNetTrainerCPS)
-    split.get_dataloaders()
     trainer = build_trainer(dvcl_run, nnUNetTrainerCPS_PlusUnlabeled)
     trainer._set_batch_size_and_oversample()  # repeatable
     trainer.dataloader_train, _ = trainer.get_dataloaders()

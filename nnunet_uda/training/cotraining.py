@@ -98,7 +98,7 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.n_unlabeled = 0  # unlabeled samples at the start of every batch (batch_pools)
+        self.n_unlabeled = 0  # unlabeled samples at the start of every batch (_set_batch_size_and_oversample)
         self.planned_oversample = self.oversample_foreground_percent  # of the planned batch, before any change
 
     # ------------------------------------------------------------------ networks
@@ -159,12 +159,14 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
 
     # ------------------------------------------------------------------ batches
     def _set_batch_size_and_oversample(self):
-        """nnU-Net's batch size and oversampling (per GPU under DDP); with ``unlabeled_per_labeled`` that batch
-        becomes the labeled tail of a larger one, its foreground-forced samples kept in number. Repeatable: each
-        call starts from the planned batch and oversampling."""
+        """nnU-Net's batch size and oversampling (per GPU under DDP), and the batch's ``n_unlabeled`` leading
+        unlabeled samples: ``unlabeled_share`` of it, or, with ``unlabeled_per_labeled``, nnU-Net's batch becomes
+        the labeled tail of a larger one, its foreground-forced samples kept in number. Repeatable: each call
+        starts from the planned batch and oversampling."""
         self.oversample_foreground_percent = self.planned_oversample
         super()._set_batch_size_and_oversample()
         if self.unlabeled_per_labeled is None:
+            self.n_unlabeled, _ = split_batch(self.batch_size, self.unlabeled_share, ("unlabeled", "labeled"))
             return
         labeled = self.batch_size
         forced = labeled - round(labeled * (1 - self.oversample_foreground_percent))  # nnU-Net's loader rule
@@ -179,8 +181,6 @@ class nnUNetTrainerCPS(nnUNetTrainerUDA):
             missing = "unlabeled (\"labels\": \"none\")" if not unlabeled else "labeled"
             raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled training cases, but fold "
                                f"{self.fold} has no {missing} ones; see docs/datasets.md#semi-supervised-datasets")
-        if self.unlabeled_per_labeled is None:
-            self.n_unlabeled, _ = split_batch(self.batch_size, self.unlabeled_share, ("unlabeled", "labeled"))
         return [(unlabeled, self.n_unlabeled), (labeled, self.batch_size - self.n_unlabeled)]
 
     # ------------------------------------------------------------------ the loss (eq. 3)
