@@ -18,8 +18,9 @@ The recipe (eq. 1), on the co-training base (:mod:`nnunet_uda.training.cotrainin
   one class memory bank (L = 1,000) in the checkpoint.
 
 The paper's SGD (momentum 0.9, weight decay 1e-4) against nnU-Net's (0.99, 3e-5): ``nnUNetTrainerDACL_PaperSGD``.
-Variants: Table 2's rows I-VI, the forms the text leaves open, and two that isolate measured losses
-(``_LabeledContrast``, ``_RampedCross``). Measurements and choices: docs/methods/dacl.md.
+Variants: Table 2's rows I-VI (each also on nnU-Net's planned labeled batch plus as many unlabeled cases,
+``_PlusUnlabeled``), the forms the text leaves open, and two that isolate measured losses (``_LabeledContrast``,
+``_RampedCross``). Measurements and choices: docs/methods/dacl.md.
 """
 from __future__ import annotations
 
@@ -181,4 +182,29 @@ class nnUNetTrainerDACL_RampedCross(nnUNetTrainerDACL):
 class nnUNetTrainerDACL_PlusUnlabeled(nnUNetTrainerDACL):
     """The full trainer on nnU-Net's planned batch of labeled cases plus as many unlabeled ones (the co-training
     base's ``unlabeled_per_labeled``; docs/methods/dacl.md#measured)."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDACL_CPS_PlusUnlabeled(nnUNetTrainerDACL_CPS):
+    """Table 2, row I, on the batch of ``nnUNetTrainerDACL_PlusUnlabeled``."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDACL_PCL_PlusUnlabeled(nnUNetTrainerDACL_PCL):
+    """Table 2, row II, on the batch of ``nnUNetTrainerDACL_PlusUnlabeled``."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDACL_DA_PlusUnlabeled(nnUNetTrainerDACL_DA):
+    """Table 2, row III, on the batch of ``nnUNetTrainerDACL_PlusUnlabeled``."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDACL_MS_PlusUnlabeled(nnUNetTrainerDACL_MS):
+    """Table 2, row IV, on the batch of ``nnUNetTrainerDACL_PlusUnlabeled``."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDACL_Bank_PlusUnlabeled(nnUNetTrainerDACL_Bank):
+    """Table 2, row V, on the batch of ``nnUNetTrainerDACL_PlusUnlabeled``."""
     unlabeled_per_labeled = 1.0

@@ -17,7 +17,8 @@ Features come from a projection head (linear - ReLU - linear to ``projection_dim
 full-resolution decoder stage, applied only to the voxels the losses sample: per network and step at most
 ``voxels_per_class`` labeled voxels per class, as many misclassified ones per predicted class, as many
 reliable unlabeled ones per pseudo-label, and ``unreliable_voxels`` unreliable ones, so the contrastive cost
-does not grow with the patch. The bank and queue are in the checkpoint. Variants are Table 2's rows.
+does not grow with the patch. The bank and queue are in the checkpoint. Variants are Table 2's rows, each also on
+nnU-Net's planned labeled batch plus as many unlabeled cases (``_PlusUnlabeled``).
 Measurements and choices: docs/methods/dvcl.md.
 """
 from __future__ import annotations
@@ -121,4 +122,19 @@ class nnUNetTrainerDVCL_noQDS(nnUNetTrainerDVCL):
 class nnUNetTrainerDVCL_PlusUnlabeled(nnUNetTrainerDVCL):
     """The full trainer on nnU-Net's planned batch of labeled cases plus as many unlabeled ones (the co-training
     base's ``unlabeled_per_labeled``; docs/methods/dvcl.md#measured)."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDVCL_HqCL_PlusUnlabeled(nnUNetTrainerDVCL_HqCL):
+    """Table 2, second row, on the batch of ``nnUNetTrainerDVCL_PlusUnlabeled``."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDVCL_noNPS_noQDS_PlusUnlabeled(nnUNetTrainerDVCL_noNPS_noQDS):
+    """Table 2, third row, on the batch of ``nnUNetTrainerDVCL_PlusUnlabeled``."""
+    unlabeled_per_labeled = 1.0
+
+
+class nnUNetTrainerDVCL_noQDS_PlusUnlabeled(nnUNetTrainerDVCL_noQDS):
+    """Table 2, fourth row, on the batch of ``nnUNetTrainerDVCL_PlusUnlabeled``."""
     unlabeled_per_labeled = 1.0
