@@ -10,13 +10,19 @@ rows (``_noPCL``: L_gcl only, ``_noGCL``: L_pcl only, ``_Sequential``), with ``-
 
 The other rows come from stage 1's ``stage1.json`` (``--stage1``): source-only (the floor), nnU-Net on the CT
 translated by the organ-attention and by the plain CycleGAN, and the ceiling if stage 1 was given the domain-gap
-benchmark's. Each row's share of the floor-to-ceiling gap closed is printed. Writes ``cisfa.json`` and
-``cisfa.md``; every training leaves its ``cisfa_preview.png``. Finished trainings are reused.
+benchmark's. With ``--aicl`` (``aicl_reg.json`` or ``aicl_sreg.json`` of ``examples/benchmark_aicl.py --unpaired`` on
+the same domain-gap benchmark, so on the same images) AICL's row is added; unlike CISFA, AICL also learned from
+initial pseudo labels of the target cases and from T1's gallbladder labels (its partial-label setting). Each row's
+share of the floor-to-ceiling gap closed is printed. Writes ``cisfa.json`` and ``cisfa.md``; every training leaves
+its ``cisfa_preview.png``. Finished trainings are reused.
 
     python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap_unpaired
     python examples/flare_stage1.py --work benchmark_output/stage1 --rounds 0 \\
         --gap benchmark_output/domain_gap_unpaired/domain_gap.json
-    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --stage1 benchmark_output/stage1/stage1.json
+    python examples/benchmark_aicl.py --work benchmark_output/aicl_unpaired --unpaired --pseudo sreg \
+        --gap benchmark_output/domain_gap_unpaired/domain_gap.json
+    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --stage1 benchmark_output/stage1/stage1.json \
+        --aicl benchmark_output/aicl_unpaired/aicl_sreg.json
 
 Results: docs/methods/cisfa.md#measured.
 """
@@ -36,6 +42,7 @@ TRAINERS = {"nnUNetTrainerCISFA": "CISFA", "nnUNetTrainerCISFA_noPCL": "CISFA, L
             "nnUNetTrainerCISFA_noGCL": "CISFA, L_pcl only (Table 3)",
             "nnUNetTrainerCISFA_Sequential": "CISFA, sequential (Table 3)",
             "nnUNetTrainerCISFA_noWeight": "CISFA, unweighted patch contrast (Table 1)"}
+AICL_ROW = "AICL (partial labels, initial pseudo labels)"
 FLOOR = "source only (floor)"
 CEILING = "supervised on target (ceiling)"
 
@@ -45,6 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--work", default="benchmark_output/cisfa")
     parser.add_argument("--dataset", type=int, default=985, help="the phantom's id (stage 1's --dataset)")
     parser.add_argument("--stage1", help="stage1.json of examples/flare_stage1.py: the floor, CycleGAN, ceiling rows")
+    parser.add_argument("--aicl", help="aicl_*.json of examples/benchmark_aicl.py --unpaired: the AICL row")
     parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:4])
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
@@ -61,6 +69,17 @@ def train_per_target(run: Runner, work: Path, raw: Path, dataset_id: int, traine
         summary = train_and_evaluate(domain_run, domain_work, raw, dataset_id, trainer, domains=(domain,))
         means[domain] = summary["mean"][domain]
     return means
+
+
+def aicl_row(path: Path) -> dict:
+    """AICL's target means from ``examples/benchmark_aicl.py``'s output, which must come from the unpaired phantom."""
+    if not path.is_file():
+        raise SystemExit(f"--aicl {path} not found: run examples/benchmark_aicl.py --unpaired (commands above)")
+    measured = json.loads(path.read_text())
+    if "unpaired" not in measured["settings"]:
+        raise SystemExit(f"--aicl {path} was measured on the paired phantom, whose images differ from stage 1's: run "
+                         f"examples/benchmark_aicl.py --unpaired")
+    return measured["results"]["AICL"]
 
 
 def markdown(rows: dict[str, dict], settings: str) -> str:
@@ -87,6 +106,8 @@ def main(argv=None) -> dict:
     raw = prepare_phantom(run, args.dataset, PhantomSettings(n_source=args.n_source, n_target=args.n_target), 5)
     compared = json.loads(Path(args.stage1).read_text())["results"] if args.stage1 else {}
     rows = {name: means for name, means in compared.items() if name == FLOOR or name.startswith("nnU-Net on CT")}
+    if args.aicl:
+        rows[AICL_ROW] = aicl_row(Path(args.aicl))
     for trainer in args.trainers:
         rows[TRAINERS[trainer]] = train_per_target(run, work, raw, args.dataset, trainer)
     if CEILING in compared:
