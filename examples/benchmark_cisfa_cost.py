@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from nnunet_uda.benchmarking import build_trainer, time_train_steps
+from nnunet_uda.benchmarking import build_trainer, measure_in_fresh_process, time_train_steps
 from nnunet_uda.pipeline import PhantomSettings, Runner, nnunet_environment, prepare_phantom
 
 TRAINERS = ("nnUNetTrainerUDA", "nnUNetTrainerCISFA")
@@ -71,11 +69,9 @@ def main(argv=None) -> None:
                                configuration).get_dataloaders()[0]
         torch.save(next(loader), work / f"batch_{configuration}.pt")
         for name in TRAINERS:
-            out = subprocess.run([sys.executable, __file__, "--work", str(work), "--dataset", str(args.dataset),
-                                  "--device", args.device, "--warmup", str(args.warmup), "--repeats",
-                                  str(args.repeats), "--one", name, configuration],
-                                 capture_output=True, text=True, check=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
+            result = measure_in_fresh_process(__file__, [
+                "--work", str(work), "--dataset", str(args.dataset), "--device", args.device, "--warmup",
+                str(args.warmup), "--repeats", str(args.repeats), "--one", name, configuration])
             rows.append((configuration, name, result))
             print(f"{configuration} {name}: {result['seconds']:.3f} s per iteration, peak {result['peak_mb']:.0f} MB",
                   flush=True)

@@ -1,12 +1,14 @@
 """Shared pieces of the benchmark scripts (``examples/benchmark_*.py``): the target-domain means and the share of
 the floor-to-ceiling gap closed of the effectiveness tables; for the cost benchmarks, a trainer built as
 ``nnUNetv2_train`` builds it, in this process, and the median time of its ``train_step`` on fixed batches, so data
-loading is left out."""
+loading is left out, each measurement in a fresh process of its own."""
 from __future__ import annotations
 
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,3 +79,13 @@ def time_train_steps(trainer, batch: dict, warmup: int, repeats: int) -> tuple[f
             times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return statistics.median(times), peak / 2 ** 20
+
+
+def measure_in_fresh_process(script: str | Path, argv: list[str]) -> dict:
+    """Runs the benchmark ``script`` with ``argv`` in a new Python process and returns the JSON object on the last
+    line it prints: a measurement whose peak resident memory is its own (a process's peak never goes down)."""
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{Path(script).name} {' '.join(argv)} failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
