@@ -10,19 +10,24 @@ rows (``_noPCL``: L_gcl only, ``_noGCL``: L_pcl only, ``_Sequential``), with ``-
 
 The other rows come from stage 1's ``stage1.json`` (``--stage1``): source-only (the floor), nnU-Net on the CT
 translated by the organ-attention and by the plain CycleGAN, and the ceiling if stage 1 was given the domain-gap
-benchmark's. With ``--aicl`` (``aicl_reg.json`` or ``aicl_sreg.json`` of ``examples/benchmark_aicl.py --unpaired`` on
-the same domain-gap benchmark, so on the same images) AICL's row is added; unlike CISFA, AICL also learned from
-initial pseudo labels of the target cases and from T1's gallbladder labels (its partial-label setting). Each row's
-share of the floor-to-ceiling gap closed is printed. Writes ``cisfa.json`` and ``cisfa.md``; every training leaves
-its ``cisfa_preview.png``. Finished trainings are reused.
+benchmark's; without stage 1, ``--gap`` (``domain_gap.json`` of ``examples/benchmark_domain_gap.py``, same
+images) gives the floor and the ceiling alone. With ``--aicl`` (``aicl_reg.json`` or ``aicl_sreg.json`` of
+``examples/benchmark_aicl.py --unpaired`` on the same domain-gap benchmark, so on the same images) AICL's row is
+added; unlike CISFA, AICL also learned from initial pseudo labels of the target cases and from T1's gallbladder
+labels (its partial-label setting). Each row's share of the floor-to-ceiling gap closed is printed. Writes
+``cisfa.json`` and ``cisfa.md``; every training leaves its ``cisfa_preview.png``. Finished trainings are reused.
+``--targets`` trains and tabulates some target domains only. On two cores, run one benchmark at a time: two
+trainings side by side each ran 4-5 times slower.
 
     python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap_unpaired
     python examples/flare_stage1.py --work benchmark_output/stage1 --rounds 0 \\
         --gap benchmark_output/domain_gap_unpaired/domain_gap.json
-    python examples/benchmark_aicl.py --work benchmark_output/aicl_unpaired --unpaired --pseudo sreg \
+    python examples/benchmark_aicl.py --work benchmark_output/aicl_unpaired --unpaired --pseudo sreg \\
         --gap benchmark_output/domain_gap_unpaired/domain_gap.json
-    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --stage1 benchmark_output/stage1/stage1.json \
+    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --stage1 benchmark_output/stage1/stage1.json \\
         --aicl benchmark_output/aicl_unpaired/aicl_sreg.json
+    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --trainers nnUNetTrainerCISFA \\
+        --gap benchmark_output/domain_gap_unpaired/domain_gap.json        # the CISFA row alone: 1.5 h
 
 Results: docs/methods/cisfa.md#measured.
 """
@@ -52,16 +57,19 @@ def parse_args(argv=None):
     parser.add_argument("--work", default="benchmark_output/cisfa")
     parser.add_argument("--dataset", type=int, default=985, help="the phantom's id (stage 1's --dataset)")
     parser.add_argument("--stage1", help="stage1.json of examples/flare_stage1.py: the floor, CycleGAN, ceiling rows")
+    parser.add_argument("--gap", help="domain_gap.json of examples/benchmark_domain_gap.py: the floor and ceiling "
+                        "rows where --stage1 is not given")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--aicl", help="aicl_*.json of examples/benchmark_aicl.py --unpaired: the AICL row")
     parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:4])
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
 
 
-def train_per_target(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str) -> dict:
+def train_per_target(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str, targets) -> dict:
     """One model per target domain, each scored on its domain's test set: the evaluation means by domain."""
     means = {}
-    for domain in TARGETS:
+    for domain in targets:
         domain_work = work / domain
         domain_work.mkdir(exist_ok=True)
         domain_run = Runner({**run.env, "nnUNet_results": str(domain_work / "nnUNet_results"),
@@ -82,20 +90,20 @@ def aicl_row(path: Path) -> dict:
     return measured["results"]["AICL"]
 
 
-def markdown(rows: dict[str, dict], settings: str) -> str:
-    floor = target_mean(rows[FLOOR], TARGETS) if FLOOR in rows else None
-    ceiling = target_mean(rows[CEILING], TARGETS) if CEILING in rows else None
-    organs = [o for o in next(iter(rows.values()))[TARGETS[0]] if o != "average"]
+def markdown(rows: dict[str, dict], settings: str, targets) -> str:
+    floor = target_mean(rows[FLOOR], targets) if FLOOR in rows else None
+    ceiling = target_mean(rows[CEILING], targets) if CEILING in rows else None
+    organs = [o for o in next(iter(rows.values()))[targets[0]] if o != "average"]
     metrics = ("dice", "hd95", "assd")
-    lines = [settings, "", "| method | " + " | ".join(f"{d} Dice | {d} HD95 | {d} ASSD" for d in TARGETS)
+    lines = [settings, "", "| method | " + " | ".join(f"{d} Dice | {d} HD95 | {d} ASSD" for d in targets)
              + " | mean target Dice | gap closed | " + " | ".join(organs) + " |",
-             "|" + "---|" * (3 + 3 * len(TARGETS) + len(organs))]
+             "|" + "---|" * (3 + 3 * len(targets) + len(organs))]
     for name, means in rows.items():
         cells = " | ".join(f"{means[d]['average'][m]:.3f}" if m == "dice" else f"{means[d]['average'][m]:.1f}"
-                           for d in TARGETS for m in metrics)
-        dice = target_mean(means, TARGETS)
+                           for d in targets for m in metrics)
+        dice = target_mean(means, targets)
         closed = gap_closed(dice, floor, ceiling) if floor is not None else "n/a"
-        organ_cells = " | ".join(f"{target_mean(means, TARGETS, organ=o):.3f}" for o in organs)
+        organ_cells = " | ".join(f"{target_mean(means, targets, organ=o):.3f}" for o in organs)
         lines.append(f"| {name} | {cells} | {dice:.3f} | {closed} | {organ_cells} |")
     return "\n".join(lines) + "\n\nPer-organ columns: Dice averaged over the target domains."
 
@@ -104,18 +112,18 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     work, run = work_runner(args)
     raw = prepare_phantom(run, args.dataset, PhantomSettings(n_source=args.n_source, n_target=args.n_target), 5)
-    compared = json.loads(Path(args.stage1).read_text())["results"] if args.stage1 else {}
+    compared = json.loads(Path(args.stage1 or args.gap).read_text())["results"] if args.stage1 or args.gap else {}
     rows = {name: means for name, means in compared.items() if name == FLOOR or name.startswith("nnU-Net on CT")}
     if args.aicl:
         rows[AICL_ROW] = aicl_row(Path(args.aicl))
     for trainer in args.trainers:
-        rows[TRAINERS[trainer]] = train_per_target(run, work, raw, args.dataset, trainer)
+        rows[TRAINERS[trainer]] = train_per_target(run, work, raw, args.dataset, trainer, args.targets)
     if CEILING in compared:
         rows[CEILING] = compared[CEILING]
     settings = (f"unpaired phantom 24x24x24, {args.n_source} CT + {args.n_target} per target training cases; one "
                 f"CISFA model per target domain, fold 0, {args.epochs} epochs x {args.iterations} iterations, batch 2, "
                 f"ResEnc M 3d_fullres, CPU")
-    table = markdown(rows, settings)
+    table = markdown(rows, settings, args.targets)
     (work / "cisfa.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
     (work / "cisfa.md").write_text(table + "\n")
     print("\n" + table + "\n\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items()))
