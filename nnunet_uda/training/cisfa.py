@@ -6,7 +6,7 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
    patches weighted by y_a (w = 2);
 2. Seg (eq. 6) on G's fresh output: nnU-Net's Dice + CE of Seg(G(x_a)) against y_a under deep supervision (for
    the paper's Dice term), + L_gcl (eq. 5) between Seg's pooled bottleneck features of x_a and of G(x_a),
-   + fool D_s with softmax(Seg(G(x_a)));
+   + lambda_adv x fooling D_s with softmax(Seg(G(x_a))), lambda_adv = 0.001 (the paper: 1, see below);
 3. D_g (eq. 1): real target slices x_b against G(x_a); D_s (eq. 7): softmax(Seg(x_b)) against
    softmax(Seg(G(x_a))), both from the fresh Seg.
 
@@ -22,6 +22,9 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
 - optimisers: Adam 2e-4, (0.5, 0.999), constant, for G with its patch heads, D_g and D_s (the paper's); Seg
   with its global head keeps nnU-Net's SGD and poly schedule; the GAN losses are the paper's log losses
   (non-saturating for the players);
+- eq. 6's adversarial term is weighted by ``seg_adversarial_weight`` = 0.001 (AdaptSegNet's lambda_adv for a
+  PatchGAN on the segmenter's softmax maps), not 1: at 1 it kept Seg from fitting even the translated source
+  (the authors' code adds D_s's own loss instead, so their results come without a fooling term);
 - DDP: G, D_g, D_s and the heads start from rank 0's weights and their gradients are averaged over the ranks
   before each step (G's losses call ``generator.encode``, outside any DDP wrapper's forward);
 - every network, head and optimiser is in the checkpoint; at the end ``generator_final.pth`` is written in
@@ -80,6 +83,8 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
     #: Table 3: which contrast terms, and L_gcl stepped before the rest of Seg's loss ("sequential")
     use_pcl = True
     use_gcl = True
+    #: eq. 6: weight of fooling D_s (module docstring)
+    seg_adversarial_weight = 1e-3
     sequential_gcl = False
     gan_lr = 2e-4
     gan_betas = (0.5, 0.999)
@@ -249,7 +254,8 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         return self.global_head(slabs.flatten(3).mean(-1).flatten(0, 1))
 
     def segmenter_loss(self, x_a, fake, labels, annotated) -> torch.Tensor:
-        """Eq. 6: supervised on G(x_a), L_gcl (unless stepped before), fool D_s with softmax(Seg(G(x_a)))."""
+        """Eq. 6: supervised on G(x_a), L_gcl (unless stepped before), fool D_s with softmax(Seg(G(x_a))) (weighted
+        by :attr:`seg_adversarial_weight`)."""
         batch = torch.cat((fake, x_a)) if self.use_gcl and not self.sequential_gcl else fake
         output = self.network(batch, return_features=True)
         logits = output.logits if isinstance(output.logits, list) else [output.logits]
@@ -260,7 +266,7 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
             pooled = self.global_features(output.encoder[-1])
             half = pooled.shape[0] // 2
             terms["gcl"] = global_contrast(pooled[half:], pooled[:half], self.global_tau)
-        return self._logged(terms)
+        return self._logged(terms, {"s_gan": self.seg_adversarial_weight})
 
     def discriminator_losses(self, x_b: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """Eqs. 1 and 7 on fresh outputs: D_g real target slices against G(x_a), D_s softmax(Seg(x_b)) against
@@ -276,10 +282,12 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
     def _logits(output):
         return output[0] if isinstance(output, (list, tuple)) else output
 
-    def _logged(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _logged(self, terms: dict[str, torch.Tensor], weights: dict[str, float] | None = None) -> torch.Tensor:
+        """Log each term unweighted; return their sum with ``weights`` (default 1)."""
+        weights = weights or {}
         for name, value in terms.items():
             self.log_scalar(f"l_{name}", value)
-        return sum(terms.values())
+        return sum(weights.get(name, 1.0) * value for name, value in terms.items())
 
     # ------------------------------------------------------------------ outputs
     def on_train_epoch_end(self, train_outputs):
