@@ -16,7 +16,10 @@ images) gives the floor and the ceiling alone. With ``--aicl`` (``aicl_reg.json`
 added; unlike CISFA, AICL also learned from initial pseudo labels of the target cases and from T1's gallbladder
 labels (its partial-label setting). Each row's share of the floor-to-ceiling gap closed is printed. Writes
 ``cisfa.json`` and ``cisfa.md``; every training leaves its ``cisfa_preview.png``. Finished trainings are reused.
-``--targets`` trains and tabulates some target domains only. On two cores, run one benchmark at a time: two
+``--targets`` trains and tabulates some target domains only. With ``--translated``, each trained generator also
+translates the CT training cases (``nnUNetv2_uda_translate -m <fold folder>``) and nnU-Net trains on them, as stage 1
+trains on a CycleGAN's translations: a row per trainer that scores the generator apart from the joint segmenter.
+On two cores, run one benchmark at a time: two
 trainings side by side each ran 4-5 times slower.
 
     python examples/benchmark_domain_gap.py --work benchmark_output/domain_gap_unpaired
@@ -28,6 +31,8 @@ trainings side by side each ran 4-5 times slower.
         --aicl benchmark_output/aicl_unpaired/aicl_sreg.json
     python examples/benchmark_cisfa.py --work benchmark_output/cisfa --trainers nnUNetTrainerCISFA \\
         --gap benchmark_output/domain_gap_unpaired/domain_gap.json        # the CISFA row alone: 1.5 h
+    python examples/benchmark_cisfa.py --work benchmark_output/cisfa --trainers nnUNetTrainerCISFA --translated \
+        --gap benchmark_output/domain_gap_unpaired/domain_gap.json        # + nnU-Net on its translations: 0.5 h more
 
 Results: docs/methods/cisfa.md#measured.
 """
@@ -38,8 +43,9 @@ import json
 from pathlib import Path
 
 from nnunet_uda.benchmarking import gap_closed, target_mean
-from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, prepare_phantom, train_and_evaluate, \
-    work_runner
+from nnunet_uda.data.raw import dataset_folder_name
+from nnunet_uda.pipeline import PhantomSettings, Runner, add_run_arguments, command, final_checkpoint, \
+    prepare_phantom, train_and_evaluate, work_runner
 from nnunet_uda.training.cisfa import TARGET_DOMAIN_ENV
 
 TARGETS = ("T1", "T2")
@@ -48,6 +54,7 @@ TRAINERS = {"nnUNetTrainerCISFA": "CISFA", "nnUNetTrainerCISFA_noPCL": "CISFA, L
             "nnUNetTrainerCISFA_Sequential": "CISFA, sequential (Table 3)",
             "nnUNetTrainerCISFA_noWeight": "CISFA, unweighted patch contrast (Table 1)"}
 AICL_ROW = "AICL (partial labels, initial pseudo labels)"
+ROUND_TRAINER = "nnUNetTrainerSelfTraining"  # stage 1's trainer for translated CT
 FLOOR = "source only (floor)"
 CEILING = "supervised on target (ceiling)"
 
@@ -62,19 +69,45 @@ def parse_args(argv=None):
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--aicl", help="aicl_*.json of examples/benchmark_aicl.py --unpaired: the AICL row")
     parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:4])
+    parser.add_argument("--translated", action="store_true", help="also train nnU-Net on the CT translated by "
+                        "each trained generator (stage 1's recipe)")
     add_run_arguments(parser, epochs=80, iterations=25)
     return parser.parse_args(argv)
+
+
+def domain_runner(run: Runner, work: Path, domain: str) -> tuple[Path, Runner]:
+    """The work folder and runner of one target domain: its own ``nnUNet_results``, G translating into it."""
+    domain_work = work / domain
+    domain_work.mkdir(exist_ok=True)
+    return domain_work, Runner({**run.env, "nnUNet_results": str(domain_work / "nnUNet_results"),
+                                TARGET_DOMAIN_ENV: domain}, log=run.log, timings=run.timings)
 
 
 def train_per_target(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str, targets) -> dict:
     """One model per target domain, each scored on its domain's test set: the evaluation means by domain."""
     means = {}
     for domain in targets:
-        domain_work = work / domain
-        domain_work.mkdir(exist_ok=True)
-        domain_run = Runner({**run.env, "nnUNet_results": str(domain_work / "nnUNet_results"),
-                             TARGET_DOMAIN_ENV: domain}, log=run.log, timings=run.timings)
+        domain_work, domain_run = domain_runner(run, work, domain)
         summary = train_and_evaluate(domain_run, domain_work, raw, dataset_id, trainer, domains=(domain,))
+        means[domain] = summary["mean"][domain]
+    return means
+
+
+def train_on_translations(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str, targets) -> dict:
+    """Per target domain, the CT training cases translated by ``trainer``'s generator into a new dataset, nnU-Net
+    trained on it and scored on the domain's real test cases (stage 1's recipe)."""
+    means = {}
+    for domain in targets:
+        domain_work, domain_run = domain_runner(run, work, domain)
+        translated_id = dataset_id + 1 + TARGETS.index(domain)
+        folder = Path(run.env["nnUNet_raw"]) / dataset_folder_name(translated_id, "UDAPhantomTranslated")
+        if not (folder / "dataset.json").is_file():
+            model = final_checkpoint(domain_run, raw, trainer, 0).parent
+            run("translate", command("nnUNetv2_uda_translate"), "-d", str(dataset_id), "-o", str(translated_id),
+                "-m", str(model), "-device", "cpu")
+            run("plan and preprocess", command("nnUNetv2_uda_plan_and_preprocess"), "-d", str(translated_id),
+                "-bs", "2", "-c", "3d_fullres")
+        summary = train_and_evaluate(domain_run, domain_work, folder, translated_id, ROUND_TRAINER)
         means[domain] = summary["mean"][domain]
     return means
 
@@ -118,6 +151,9 @@ def main(argv=None) -> dict:
         rows[AICL_ROW] = aicl_row(Path(args.aicl))
     for trainer in args.trainers:
         rows[TRAINERS[trainer]] = train_per_target(run, work, raw, args.dataset, trainer, args.targets)
+    for trainer in args.trainers if args.translated else ():
+        rows[f"nnU-Net on CT translated by {TRAINERS[trainer]}'s generator"] = train_on_translations(
+            run, work, raw, args.dataset, trainer, args.targets)
     if CEILING in compared:
         rows[CEILING] = compared[CEILING]
     settings = (f"unpaired phantom 24x24x24, {args.n_source} CT + {args.n_target} per target training cases; one "
