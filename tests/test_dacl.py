@@ -127,8 +127,9 @@ def test_cross_supervision_covers_every_case_of_the_batch(dacl_run, build_traine
         loader, _ = trainer.get_dataloaders()
         batch = next(loader)
         data, target = trainer._to_device(batch)
+        data[1] = 0.0  # a blank second case: its cross loss is far from the first's, so the two sets tell apart
         with torch.no_grad():
             value = trainer.loss_terms(data, target, batch["keys"])["cps"][1].item()
             a, b = trainer.run_pair(data)
         expected, other = (cross_pseudo_supervision(a.logits[0][s], b.logits[0][s]).item() for s in (crossed, left_out))
-        assert value == pytest.approx(expected, rel=1e-5) and value != pytest.approx(other, rel=1e-3)
+        assert value == pytest.approx(expected, rel=1e-5) and value != pytest.approx(other, rel=1e-2)
