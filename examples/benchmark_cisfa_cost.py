@@ -1,10 +1,11 @@
-"""Cost of one CISFA iteration against one nnUNetTrainerUDA iteration, on the same plans and batch, in
+"""Cost of one CISFA iteration against one nnUNetTrainerUDA iteration, on the same plans and batch layout, in
 ``3d_fullres`` and ``2d``.
 
 Builds an unpaired phantom (CT labeled, MRI unlabeled), plans both configurations, draws one batch per
-configuration from CISFA's loader (target cases first, source cases last) and times ``train_step`` of
-``nnUNetTrainerUDA`` and ``nnUNetTrainerCISFA`` on it, each in a fresh process (so the peak memory is its own:
-the GPU allocator's peak on CUDA, the process's peak resident memory on the CPU), data loading left out. Prints
+configuration and trainer from the trainer's own loader (target cases first, source cases last; nnUNetTrainerUDA's
+augmented by the loader's workers, CISFA's un-augmented, its augmentation part of its step) and times ``train_step``
+of ``nnUNetTrainerUDA`` and ``nnUNetTrainerCISFA`` on it, each in a fresh process (so the peak memory is its own: the
+GPU allocator's peak on CUDA, the process's peak resident memory on the CPU), loading left out. Prints
 the median seconds per iteration, the ratio (goal: at most 2.0, the generator being inherent) and the peak memory.
 Results: docs/methods/cisfa.md#cost.
 
@@ -42,8 +43,8 @@ def measure(args, trainer_name: str, configuration: str, preprocessed: Path) -> 
     """In this (fresh) process: one trainer timed on the saved batch of ``configuration``."""
     torch.manual_seed(0)
     trainer = build_trainer(trainer_name, preprocessed, torch.device(args.device), configuration)
-    trainer.n_target = 1  # the batch's layout (CISFA's loader: one target case, then one source case)
-    batch = torch.load(Path(args.work) / f"batch_{configuration}.pt", weights_only=False)
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()  # as on_train_start
+    batch = next(trainer.dataloader_train)  # one target case, then one source case
     seconds, peak = time_train_steps(trainer, batch, args.warmup, args.repeats)
     return {"seconds": seconds, "peak_mb": peak, "patch": list(trainer.configuration_manager.patch_size)}
 
@@ -65,9 +66,6 @@ def main(argv=None) -> None:
                           configurations=CONFIGURATIONS)
     rows = []
     for configuration in CONFIGURATIONS:
-        loader = build_trainer("nnUNetTrainerCISFA", preprocessed / raw.name, torch.device("cpu"),
-                               configuration).get_dataloaders()[0]
-        torch.save(next(loader), work / f"batch_{configuration}.pt")
         for name in TRAINERS:
             result = measure_in_fresh_process(__file__, [
                 "--work", str(work), "--dataset", str(args.dataset), "--device", args.device, "--warmup",

@@ -4,6 +4,7 @@ patch heads stepped, the checkpoint restoring every network and optimiser, a ste
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,10 +81,36 @@ def test_the_generator_losses_see_a_few_slices_of_each_3d_patch(cisfa_run, build
 
 
 def one_batch(trainer):
+    """A training batch as train_step gets it (un-augmented, target cases first): x_b, y_b, x_a, y_a."""
     trainer.dataloader_train, _ = trainer.get_dataloaders()
-    data, target = trainer._to_device(next(trainer.dataloader_train))
+    batch = next(trainer.dataloader_train)
     t = trainer.n_target
-    return data[:t], data[t:], [y[t:] for y in target]
+    return batch["data"][:t], batch["target"][:t], batch["data"][t:], batch["target"][t:]
+
+
+def test_nnunets_augmentation_comes_after_the_translation(cisfa_run, build_trainer):
+    """The loader gives un-augmented crops at nnU-Net's initial patch size; ``augment`` gives Seg patches of the
+    final size, each translation moved by the spatial draw of its labels (a "translation" equal to its label map
+    stays correlated with the augmented labels; one with its labels mirrored does not)."""
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    np.random.seed(3)
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    x_b, y_b, x_a, y_a = one_batch(trainer)
+    initial = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[2]
+    patch = list(trainer.configuration_manager.patch_size)
+    assert list(x_a.shape[2:]) == list(initial) != patch and list(y_a.shape[2:]) == list(initial)
+
+    def correlations(fake):
+        out = []
+        for _ in range(6):
+            seen_b, seen_a, seen_fake, labels = trainer.augment(x_b, y_b, x_a, fake, y_a)
+            assert [list(x.shape[2:]) for x in (seen_b, seen_a, seen_fake, labels[0])] == [patch] * 4
+            out.append(np.corrcoef(seen_fake.flatten().numpy(), labels[0].float().flatten().numpy())[0, 1])
+        return np.array(out)
+
+    assert correlations(y_a.float().clamp_min(0)).min() > 0.8
+    assert correlations(y_a.float().clamp_min(0).flip(2, 3, 4)).max() < 0.5
 
 
 def test_discriminator_losses_reach_neither_generator_nor_segmenter(cisfa_run, build_trainer):
@@ -91,10 +118,11 @@ def test_discriminator_losses_reach_neither_generator_nor_segmenter(cisfa_run, b
 
     torch.manual_seed(0)
     trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
-    x_b, x_a, _ = one_batch(trainer)
+    x_b, y_b, x_a, y_a = one_batch(trainer)
     with torch.no_grad():
         fake = trainer.translate(x_a)
-    trainer.discriminator_losses(x_b, fake).backward()
+    seen_b, _, seen_fake, _ = trainer.augment(x_b, y_b, x_a, fake, y_a)
+    trainer.discriminator_losses(x_b, fake, seen_b, seen_fake).backward()
     assert all(p.grad is None for p in (*trainer.generator.parameters(), *trainer.network.parameters()))
     assert all(p.grad is not None for p in (*trainer.d_image.parameters(), *trainer.d_seg.parameters()))
 
@@ -107,9 +135,9 @@ def test_the_segmentation_adversarial_term_makes_translations_look_like_target_t
     torch.manual_seed(1)
     trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
     trainer.load_checkpoint(cisfa_run["first"])
-    _, x_a, _ = one_batch(trainer)
+    x_b, y_b, x_a, y_a = one_batch(trainer)
     with torch.no_grad():
-        fake = trainer.translate(x_a)
+        _, _, fake, _ = trainer.augment(x_b, y_b, x_a, trainer.translate(x_a), y_a)
 
     def realness():
         return trainer.d_seg(torch.softmax(trainer._logits(trainer.network(fake)), 1)).mean()
@@ -128,10 +156,10 @@ def test_the_generator_step_trains_the_patch_heads(cisfa_run, build_trainer):
 
     torch.manual_seed(2)
     trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
-    _, x_a, labels = one_batch(trainer)
+    _, _, x_a, y_a = one_batch(trainer)
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (trainer.patch_heads, trainer.generator)]
     trainer.optimizer_g.zero_grad(set_to_none=True)
-    trainer.optimizer_step(trainer.generator_loss(x_a, labels[0]), trainer.optimizer_g, [])
+    trainer.optimizer_step(trainer.generator_loss(x_a, y_a), trainer.optimizer_g, [])
     assert changed(before[0], trainer.patch_heads) and changed(before[1], trainer.generator)
 
 

@@ -83,6 +83,34 @@ def test_batches_mix_target_and_source_cases_in_order(workflow):
         MixedBatchDataLoader(data, 2, patch, patch, plans.get_label_manager(dataset_json), [([], 1), (source, 1)])
 
 
+def test_uniform_crops_ignore_the_labels(workflow):
+    """nnU-Net's crops of a labeled case always hold a forced foreground voxel; uniform crops land anywhere within
+    nnU-Net's bounds, as an unlabeled case's."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_uda.data.loader import MixedBatchDataLoader
+    from nnunet_uda.domains import DomainTable
+
+    preprocessed = workflow["preprocessed"]
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    table = DomainTable.from_dataset_json(dataset_json)
+    plans = PlansManager(str(preprocessed / f"{DEFAULT_PLANS}.json"))
+    data = nnUNetDatasetBlosc2(str(preprocessed / f"{DEFAULT_PLANS}_3d_fullres"))
+    patch = [p // 2 for p in plans.get_configuration("3d_fullres").patch_size]
+    shape = np.array(patch) * 3
+    corner = {1: np.array([[0, 0, 0, 0]])}  # the only foreground voxel: (0, 0, 0)
+    pools = [(table.cases_of(table.target), 1), (table.cases_of(table.source), 1)]
+    lowers = {}
+    for uniform in (False, True):
+        loader = MixedBatchDataLoader(data, 2, patch, patch, plans.get_label_manager(dataset_json), pools,
+                                      uniform_crops=uniform)
+        np.random.seed(0)
+        lowers[uniform] = np.array([loader.get_bbox(shape, True, corner)[0] for _ in range(50)])
+    assert (lowers[False] <= 0).all()  # every forced crop holds voxel (0, 0, 0)
+    assert (lowers[True] >= 0).all() and (lowers[True] <= shape - patch).all() and (lowers[True] > 0).any(1).mean() > 0.9
+
+
 def test_batch_mirroring_flips_every_sample_and_target_alike(workflow):
     """Same seed, same crops: the batch-mirrored batch is the plain one flipped along one common
     set of axes, images and targets alike; over several batches both orientations occur."""

@@ -44,13 +44,18 @@ class MixedBatchDataLoader(nnUNetDataLoader):
     per-sample mirroring (leave it out of the transforms). Losses that compare the spatial maps of
     different samples (AICL's l_csc) then see them in one orientation; each sample is still mirrored
     with nnU-Net's probabilities.
+
+    ``uniform_crops``: every case cropped at a uniform random position within nnU-Net's bounds, whatever its
+    labels (no foreground oversampling, no centring on annotated voxels), so that the patches of labeled and
+    unlabeled cases are drawn alike.
     """
 
     def __init__(self, data, batch_size: int, patch_size, final_patch_size, label_manager,
                  pools: Sequence[tuple[Sequence[str], int]], batch_mirror_axes: Sequence[int] | None = None,
-                 **kwargs):
+                 uniform_crops: bool = False, **kwargs):
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager, **kwargs)
         self.batch_mirror_axes = tuple(batch_mirror_axes or ())
+        self.uniform_crops = uniform_crops
         pools = [(list(ids), int(n)) for ids, n in pools if n > 0]
         if sum(n for _, n in pools) != batch_size:
             raise ValueError(f"the pools give {sum(n for _, n in pools)} samples, the batch size is {batch_size}")
@@ -64,6 +69,14 @@ class MixedBatchDataLoader(nnUNetDataLoader):
 
     def get_indices(self):
         return [key for ids, n in self.pools for key in np.random.choice(ids, n, replace=True)]
+
+    def get_bbox(self, data_shape, force_fg: bool, class_locations, overwrite_class=None, verbose: bool = False):
+        if not self.uniform_crops:
+            return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+        need = [max(n, p - s) for n, p, s in zip(self.need_to_pad, self.patch_size, data_shape)]  # nnU-Net's bounds
+        lower = [np.random.randint(-n // 2, s + n // 2 + n % 2 - p + 1)
+                 for n, p, s in zip(need, self.patch_size, data_shape)]
+        return lower, [lo + p for lo, p in zip(lower, self.patch_size)]
 
     def generate_train_batch(self) -> dict:
         batch = super().generate_train_batch()

@@ -87,6 +87,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
     #: the AICL paper's optimiser (section 3.2: Adam, lr 1e-4 held constant, weight decay 1e-5)
     #: instead of nnU-Net's SGD with momentum 0.99 and the poly schedule from 1e-2
     paper_optimizer: bool = False
+    #: the training loader yields un-augmented patches at nnU-Net's initial patch size, with every case cropped
+    #: alike (``uniform_crops``); the trainer applies ``self.training_transforms`` (nnU-Net's augmentation) itself
+    augment_in_train_step: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -255,6 +258,9 @@ class nnUNetTrainerUDA(nnUNetTrainer):
             patch_size, rotation, scales, None if batch_mirroring else mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded, **labels)
         val_transforms = self.get_validation_transforms(scales, is_cascaded=self.is_cascaded, **labels)
+        self.training_transforms = tr_transforms
+        if self.augment_in_train_step:
+            tr_transforms = None
         common = dict(oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling)
         if twins:
@@ -264,7 +270,7 @@ class nnUNetTrainerUDA(nnUNetTrainer):
         else:
             dl_tr = MixedBatchDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
                                          self.label_manager, self.batch_pools(dataset_tr.identifiers),
-                                         transforms=tr_transforms,
+                                         transforms=tr_transforms, uniform_crops=self.augment_in_train_step,
                                          batch_mirror_axes=mirror_axes if batch_mirroring else None, **common)
         self.n_twin_pairs = dl_tr.n_pairs if twins else 0
         dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,

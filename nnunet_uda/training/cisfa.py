@@ -13,6 +13,11 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
 - data: the base trainer's mixed batches, target cases first, labeled source cases last; G translates into one
   target domain (the paper's CT -> MRI): ``nnUNet_uda_target_domain`` if set, else the domain table's first
   target; the cases of other target domains are not drawn;
+- augmentation after translation: the loader gives un-augmented crops, every case cropped alike (no foreground
+  oversampling); G, its losses and D_g work on them, as the paper's un-augmented slices, and nnU-Net's training
+  transforms are applied to the translation (with its source patch, one spatial draw) and to the target patch
+  before Seg and D_s see them, as nnU-Net trained on translated images sees them. Augmenting before G made its
+  translations of one organ vary across patches and Seg fit them poorly (docs/methods/cisfa.md#augmentation);
 - dimensionality: G and D_g work on 2D images: in ``2d`` the patches, in ``3d_fullres`` the axial slices of the
   3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
   patches (a 3D PatchGAN in ``3d_fullres``). In ``3d_fullres`` G's losses and D_g see ``generator_slices``
@@ -67,6 +72,7 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
 
 class nnUNetTrainerCISFA(nnUNetTrainerUDA):
     use_conditional_norm = False
+    augment_in_train_step = True
     #: the generator (the paper's ResNet generator: 64 filters, 9 residual blocks)
     generator_width = 64
     generator_blocks = 9
@@ -190,33 +196,49 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
 
     # ------------------------------------------------------------------ one iteration (section 3.4)
     def train_step(self, batch: dict) -> dict:
-        data, target = self._to_device(batch)
+        data = batch["data"].to(self.device, non_blocking=True)  # un-augmented, nnU-Net's initial patch size
+        labels = batch["target"].to(self.device, non_blocking=True)
         t, keys = self.n_target, batch["keys"]
-        x_b, x_a, labels = data[:t], data[t:], [y[t:] for y in target]
+        x_b, x_a, y_a = data[:t], data[t:], labels[t:]
         annotated = self.batch_annotations(keys[t:])
         with self.autocast():
-            loss_g = self.generator_loss(x_a, labels[0])
+            loss_g = self.generator_loss(x_a, y_a)
         self.optimizer_g.zero_grad(set_to_none=True)
         self.optimizer_step(loss_g, self.optimizer_g, [], averaged=self.parameters_of(self.optimizer_g))
         with torch.no_grad(), self.autocast():
-            fake = self.translate(x_a)  # G's fresh output
+            fake = self.translate(x_a).float()  # G's fresh output
+        seen_b, seen_a, seen_fake, seen_labels = self.augment(x_b, labels[:t], x_a, fake, y_a)
         head = list(self.global_head.parameters())  # in Seg's optimiser, outside Seg's DDP wrapper
         if self.sequential_gcl and self.use_gcl:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                loss_gcl = self.global_loss(x_a, fake)
+                loss_gcl = self.global_loss(seen_a, seen_fake)
             self.optimizer_step(loss_gcl, self.optimizer, self.clipping_groups(), averaged=head)
         with self.autocast():
-            loss_seg = self.segmenter_loss(x_a, fake, labels, annotated)
+            loss_seg = self.segmenter_loss(seen_a, seen_fake, seen_labels, annotated)
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_step(loss_seg, self.optimizer, self.clipping_groups(), averaged=head)
         with self.autocast():
-            loss_d = self.discriminator_losses(x_b, fake)
+            loss_d = self.discriminator_losses(x_b, fake, seen_b, seen_fake)
         self.optimizer_d.zero_grad(set_to_none=True)
         self.optimizer_step(loss_d, self.optimizer_d, [], averaged=self.parameters_of(self.optimizer_d))
         self.counters.values["iterations"] += 1
-        self._preview = (x_a[:1].detach(), fake[:1].detach(), x_b[:1].detach(), labels[0][:1].detach())
+        self._preview = (x_a[:1].detach(), fake[:1].detach(), x_b[:1].detach(), y_a[:1].detach())
         return {"loss": loss_seg.detach().cpu().numpy()}
+
+    def augment(self, x_b, y_b, x_a, fake, y_a):
+        """nnU-Net's training transforms, per sample, after the translation, as nnU-Net trained on translated
+        images sees them: each target patch alone, each source patch with its translation as one two-channel image
+        (one spatial draw for eq. 5's pair; intensities drawn per channel). Returns the target patches, the source
+        patches, their translations (final patch size) and the translations' deep-supervision labels."""
+        samples = [*zip(x_b, y_b), *((torch.cat((f, x)), y) for f, x, y in zip(fake, x_a, y_a))]
+        out = [self.training_transforms(image=x.cpu(), segmentation=y.cpu()) for x, y in samples]
+        images = [o["image"].to(self.device, non_blocking=True) for o in out]
+        segs = [o["segmentation"] if isinstance(o["segmentation"], list) else [o["segmentation"]] for o in out]
+        t, c = x_b.shape[0], x_a.shape[1]
+        pairs = torch.stack(images[t:])
+        targets = [torch.stack(scale).to(self.device, non_blocking=True) for scale in zip(*segs[t:])]
+        return torch.stack(images[:t]), pairs[:, c:], pairs[:, :c], targets
 
     @staticmethod
     def parameters_of(optimizer) -> list[torch.nn.Parameter]:
@@ -268,11 +290,13 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
             terms["gcl"] = global_contrast(pooled[half:], pooled[:half], self.global_tau)
         return self._logged(terms, {"s_gan": self.seg_adversarial_weight})
 
-    def discriminator_losses(self, x_b: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """Eqs. 1 and 7 on fresh outputs: D_g real target slices against G(x_a), D_s softmax(Seg(x_b)) against
-        softmax(Seg(G(x_a))); neither reaches G or Seg."""
+    def discriminator_losses(self, x_b: torch.Tensor, fake: torch.Tensor, seen_b: torch.Tensor,
+                             seen_fake: torch.Tensor) -> torch.Tensor:
+        """Eqs. 1 and 7 on fresh outputs: D_g real target slices ``x_b`` against G(x_a) ``fake`` (both as G sees
+        them), D_s softmax(Seg(x_b)) against softmax(Seg(G(x_a))) on the patches Seg saw (``seen_*``); neither
+        reaches G or Seg."""
         with torch.no_grad():
-            maps = torch.softmax(self._logits(self.network(torch.cat((x_b, fake)))).float(), 1)
+            maps = torch.softmax(self._logits(self.network(torch.cat((seen_b, seen_fake)))).float(), 1)
         t = x_b.shape[0]
         real_slices, fake_slices = (self.to_slices(self.slice_subset(x)[0]) for x in (x_b, fake))
         return self._logged({"d_image": discriminator_loss(self.d_image, real_slices, fake_slices),
