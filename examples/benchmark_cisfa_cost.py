@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
 
 def measure(args, trainer_name: str, configuration: str, preprocessed: Path) -> dict:
-    """In this (fresh) process: one trainer timed on the saved batch of ``configuration``."""
+    """In this (fresh) process: one trainer timed on a batch of ``configuration`` from its own loader."""
     torch.manual_seed(0)
     trainer = build_trainer(trainer_name, preprocessed, torch.device(args.device), configuration)
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()  # as on_train_start

@@ -17,7 +17,8 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
   oversampling); G, its losses and D_g work on them, as the paper's un-augmented slices, and nnU-Net's training
   transforms are applied to the translation (with its source patch, one spatial draw) and to the target patch
   before Seg and D_s see them, as nnU-Net trained on translated images sees them. Augmenting before G made its
-  translations of one organ vary across patches and Seg fit them poorly (docs/methods/cisfa.md#augmentation);
+  translations of one organ vary across patches and Seg fit them poorly
+  (docs/methods/cisfa.md#augmentation-after-translation);
 - dimensionality: G and D_g work on 2D images: in ``2d`` the patches, in ``3d_fullres`` the axial slices of the
   3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
   patches (a 3D PatchGAN in ``3d_fullres``). In ``3d_fullres`` G's losses and D_g see ``generator_slices``
