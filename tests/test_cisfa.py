@@ -113,6 +113,32 @@ def test_nnunets_augmentation_comes_after_the_translation(cisfa_run, build_train
     assert correlations(y_a.float().clamp_min(0).flip(2, 3, 4)).max() < 0.5
 
 
+def test_the_box_of_a_batch_holds_every_image():
+    from nnunet_uda.training.cisfa import image_box
+
+    labels = torch.full((2, 1, 10, 10, 10), -1)
+    labels[0, :, 2:5, 3:6, 4:7] = 0
+    labels[1, :, 3:8, 3:4, 1:2] = 2
+    assert image_box(labels) == (slice(None), slice(None), slice(2, 8), slice(3, 6), slice(1, 7))
+
+
+def test_translations_are_zscored_over_the_image_and_zero_in_the_crops_padding(cisfa_run, build_trainer):
+    from nnunet_uda.training import nnUNetTrainerCISFA
+
+    torch.manual_seed(4)
+    trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
+    _, _, x_a, y_a = one_batch(trainer)
+    y_a[0, :, :3] = -1  # padding on top of whatever nnU-Net's crop put there
+    with torch.no_grad():
+        fake = trainer.translate(x_a, y_a)
+        raw = trainer.from_slices(trainer.generator(trainer.to_slices(x_a)), x_a.shape[0])
+    for f, g, y in zip(fake, raw, y_a):
+        inside = y >= 0
+        assert (~inside).any() and (f[~inside] == 0).all()
+        values = g[inside]
+        assert torch.allclose(f[inside], (values - values.mean()) / values.std(), atol=1e-4)
+
+
 def test_discriminator_losses_reach_neither_generator_nor_segmenter(cisfa_run, build_trainer):
     from nnunet_uda.training import nnUNetTrainerCISFA
 
@@ -120,7 +146,7 @@ def test_discriminator_losses_reach_neither_generator_nor_segmenter(cisfa_run, b
     trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
     x_b, y_b, x_a, y_a = one_batch(trainer)
     with torch.no_grad():
-        fake = trainer.translate(x_a)
+        fake = trainer.translate(x_a, y_a)
     seen_b, _, seen_fake, _ = trainer.augment(x_b, y_b, x_a, fake, y_a)
     trainer.discriminator_losses(x_b, fake, seen_b, seen_fake).backward()
     assert all(p.grad is None for p in (*trainer.generator.parameters(), *trainer.network.parameters()))
@@ -137,7 +163,7 @@ def test_the_segmentation_adversarial_term_makes_translations_look_like_target_t
     trainer.load_checkpoint(cisfa_run["first"])
     x_b, y_b, x_a, y_a = one_batch(trainer)
     with torch.no_grad():
-        _, _, fake, _ = trainer.augment(x_b, y_b, x_a, trainer.translate(x_a), y_a)
+        _, _, fake, _ = trainer.augment(x_b, y_b, x_a, trainer.translate(x_a, y_a), y_a)
 
     def realness():
         return trainer.d_seg(torch.softmax(trainer._logits(trainer.network(fake)), 1)).mean()

@@ -23,8 +23,10 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
   3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
   patches (a 3D PatchGAN in ``3d_fullres``). In ``3d_fullres`` G's losses and D_g see ``generator_slices``
   slices drawn per patch each iteration (the paper's batch of 2D slices), Seg the whole translated patch;
-- intensities: nnU-Net's patches are z-scored per image; G's tanh output is z-scored per translated patch, as
-  nnU-Net would normalise a translated image, before Seg, D_g and the patch contrast see it;
+- the crops' padding: G translates the box of the batch's crops that holds image (nnU-Net pads crops beyond the
+  image, label -1); its tanh output is z-scored per patch over the image and set to 0 in the padding, as nnU-Net
+  would normalise and crop a translated image, before Seg, D_g and the patch contrast see it. D_g sees the same
+  box of the target crops;
 - optimisers: Adam 2e-4, (0.5, 0.999), constant, for G with its patch heads, D_g and D_s (the paper's); Seg
   with its global head keeps nnU-Net's SGD and poly schedule; the GAN losses are the paper's log losses
   (non-saturating for the players);
@@ -65,10 +67,26 @@ def discriminator_depth(size: int) -> int:
     return 3 if size >= 24 else 2 if size >= 12 else 1
 
 
-def zscore(x: torch.Tensor) -> torch.Tensor:
-    """Each sample of ``x`` (B, C, *s) to zero mean and unit variance, as nnU-Net's ZScoreNormalization."""
+def zscore(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Each sample of ``x`` (B, C, *s) to zero mean and unit variance over the voxels ``inside`` (B, 1, *s) holds,
+    0 elsewhere: nnU-Net's ZScoreNormalization of an image, then its padding of the crop."""
     dims = tuple(range(1, x.ndim))
-    return (x - x.mean(dims, keepdim=True)) / x.std(dims, keepdim=True).clamp_min(1e-8)
+    inside = inside.expand_as(x).to(x.dtype)
+    count = inside.sum(dims, keepdim=True).clamp_min(2)
+    mean = (x * inside).sum(dims, keepdim=True) / count
+    std = (((x - mean) * inside) ** 2).sum(dims, keepdim=True).div(count - 1).sqrt().clamp_min(1e-8)
+    return (x - mean) / std * inside
+
+
+def image_box(labels: torch.Tensor) -> tuple[slice, ...]:
+    """The smallest box of a batch of crops (B, 1, *s) holding every sample's image (nnU-Net's loader pads crops
+    beyond the image with label -1), as an index for (B, C, *s) tensors."""
+    inside = (labels >= 0).flatten(0, 1).any(0)
+    box = [slice(None), slice(None)]
+    for axis in range(inside.ndim):
+        found = inside.any(dim=tuple(a for a in range(inside.ndim) if a != axis)).nonzero()[:, 0]
+        box.append(slice(int(found[0]), int(found[-1]) + 1) if found.numel() else slice(None))
+    return tuple(box)
 
 
 class nnUNetTrainerCISFA(nnUNetTrainerUDA):
@@ -163,9 +181,10 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         picked = torch.randperm(patches[0].shape[axis], device=patches[0].device)[:self.generator_slices].sort().values
         return tuple(x.index_select(axis, picked) for x in patches)
 
-    def translate(self, x: torch.Tensor) -> torch.Tensor:
-        """G(x) slice by slice, z-scored per patch (module docstring)."""
-        return zscore(self.from_slices(self.generator(self.to_slices(x)), x.shape[0]))
+    def translate(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """G(x) slice by slice, z-scored per patch over the image and 0 where nnU-Net padded the crop (label -1),
+        as nnU-Net crops a translated image (module docstring)."""
+        return zscore(self.from_slices(self.generator(self.to_slices(x)), x.shape[0]), labels >= 0)
 
     # ------------------------------------------------------------------ batches
     @property
@@ -200,15 +219,18 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         data = batch["data"].to(self.device, non_blocking=True)  # un-augmented, nnU-Net's initial patch size
         labels = batch["target"].to(self.device, non_blocking=True)
         t, keys = self.n_target, batch["keys"]
-        x_b, x_a, y_a = data[:t], data[t:], labels[t:]
+        box = image_box(labels)  # G, its losses and D_g see the images, not the crops' padding
+        x_b, x_a, y_a = data[box][:t], data[box][t:], labels[box][t:]
         annotated = self.batch_annotations(keys[t:])
         with self.autocast():
             loss_g = self.generator_loss(x_a, y_a)
         self.optimizer_g.zero_grad(set_to_none=True)
         self.optimizer_step(loss_g, self.optimizer_g, [], averaged=self.parameters_of(self.optimizer_g))
         with torch.no_grad(), self.autocast():
-            fake = self.translate(x_a).float()  # G's fresh output
-        seen_b, seen_a, seen_fake, seen_labels = self.augment(x_b, labels[:t], x_a, fake, y_a)
+            fake = self.translate(x_a, y_a).float()  # G's fresh output
+        crop_fake = torch.zeros_like(data[t:])
+        crop_fake[box] = fake
+        seen_b, seen_a, seen_fake, seen_labels = self.augment(data[:t], labels[:t], data[t:], crop_fake, labels[t:])
         head = list(self.global_head.parameters())  # in Seg's optimiser, outside Seg's DDP wrapper
         if self.sequential_gcl and self.use_gcl:
             self.optimizer.zero_grad(set_to_none=True)
@@ -250,7 +272,7 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         between x_a and G(x_a)."""
         x_a, labels = self.slice_subset(x_a, labels)
         source = self.to_slices(x_a)
-        fake = self.to_slices(self.translate(x_a))
+        fake = self.to_slices(self.translate(x_a, labels))
         terms = {"g_gan": adversarial_loss(self.d_image(fake), True)}
         if self.use_pcl:
             terms["pcl"] = layered_patch_nce(
