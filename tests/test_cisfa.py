@@ -95,6 +95,7 @@ def test_nnunets_augmentation_comes_after_the_translation(cisfa_run, build_train
     from nnunet_uda.training import nnUNetTrainerCISFA
 
     np.random.seed(3)
+    torch.manual_seed(3)  # nnU-Net's transforms draw from both generators
     trainer = build_trainer(cisfa_run, nnUNetTrainerCISFA)
     x_b, y_b, x_a, y_a = one_batch(trainer)
     initial = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[2]

@@ -16,17 +16,15 @@ The recipe (section 3), each iteration in the order of section 3.4, G -> Seg -> 
 - augmentation after translation: the loader gives un-augmented crops, every case cropped alike (no foreground
   oversampling); G, its losses and D_g work on them, as the paper's un-augmented slices, and nnU-Net's training
   transforms are applied to the translation (with its source patch, one spatial draw) and to the target patch
-  before Seg and D_s see them, as nnU-Net trained on translated images sees them. Augmenting before G made its
-  translations of one organ vary across patches and Seg fit them poorly
-  (docs/methods/cisfa.md#augmentation-after-translation);
+  before Seg and D_s see them, as nnU-Net trained on translated images sees them (augmenting before G made Seg
+  fit poorly: docs/methods/cisfa.md#augmentation-after-translation);
 - dimensionality: G and D_g work on 2D images: in ``2d`` the patches, in ``3d_fullres`` the axial slices of the
   3D patch (the image's first axis, wherever nnU-Net's transpose put it); Seg and D_s see the configuration's
   patches (a 3D PatchGAN in ``3d_fullres``). In ``3d_fullres`` G's losses and D_g see ``generator_slices``
   slices drawn per patch each iteration (the paper's batch of 2D slices), Seg the whole translated patch;
 - the crops' padding: G translates the box of the batch's crops that holds image (nnU-Net pads crops beyond the
   image, label -1); its tanh output is z-scored per patch over the image and set to 0 in the padding, as nnU-Net
-  would normalise and crop a translated image, before Seg, D_g and the patch contrast see it. D_g sees the same
-  box of the target crops;
+  would normalise and crop a translated image, before Seg, D_g and the patch contrast see it; D_g sees the same box;
 - optimisers: Adam 2e-4, (0.5, 0.999), constant, for G with its patch heads, D_g and D_s (the paper's); Seg
   with its global head keeps nnU-Net's SGD and poly schedule; the GAN losses are the paper's log losses
   (non-saturating for the players);
@@ -220,7 +218,8 @@ class nnUNetTrainerCISFA(nnUNetTrainerUDA):
         labels = batch["target"].to(self.device, non_blocking=True)
         t, keys = self.n_target, batch["keys"]
         box = image_box(labels)  # G, its losses and D_g see the images, not the crops' padding
-        x_b, x_a, y_a = data[box][:t], data[box][t:], labels[box][t:]
+        images, image_labels = data[box], labels[box]
+        x_b, x_a, y_a = images[:t], images[t:], image_labels[t:]
         annotated = self.batch_annotations(keys[t:])
         with self.autocast():
             loss_g = self.generator_loss(x_a, y_a)
