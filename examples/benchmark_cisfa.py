@@ -5,8 +5,8 @@ The phantom is stage 1's (``examples/flare_stage1.py``: labeled CT, unlabeled T1
 same ``--dataset``, case counts and seed, so the same images and test sets). CISFA's generator translates into
 one target domain, so each trainer is trained once per target domain (``nnUNet_uda_target_domain``, each into its
 own ``nnUNet_results``) and scored on that domain's test set. Trainers: ``nnUNetTrainerCISFA`` and Table 3's
-rows (``_noPCL``: L_gcl only, ``_noGCL``: L_pcl only, ``_Sequential``), with ``--trainers`` also Table 1's
-``_noWeight``.
+rows (``_noPCL``: L_gcl only, ``_noGCL``: L_pcl only, ``_noContrast``, ``_Sequential``; the paper's are CT to
+T2), with ``--trainers`` also Table 1's ``_noWeight``.
 
 The other rows come from stage 1's ``stage1.json`` (``--stage1``): source-only (the floor), nnU-Net on the CT
 translated by the organ-attention and by the plain CycleGAN, and the ceiling if stage 1 was given the domain-gap
@@ -51,6 +51,7 @@ from nnunet_uda.training.cisfa import TARGET_DOMAIN_ENV
 TARGETS = ("T1", "T2")
 TRAINERS = {"nnUNetTrainerCISFA": "CISFA", "nnUNetTrainerCISFA_noPCL": "CISFA, L_gcl only (Table 3)",
             "nnUNetTrainerCISFA_noGCL": "CISFA, L_pcl only (Table 3)",
+            "nnUNetTrainerCISFA_noContrast": "CISFA, no contrast (Table 3)",
             "nnUNetTrainerCISFA_Sequential": "CISFA, sequential (Table 3)",
             "nnUNetTrainerCISFA_noWeight": "CISFA, unweighted patch contrast (Table 1)"}
 AICL_ROW = "AICL (partial labels, initial pseudo labels)"
@@ -68,7 +69,7 @@ def parse_args(argv=None):
                         "rows where --stage1 is not given")
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--aicl", help="aicl_*.json of examples/benchmark_aicl.py --unpaired: the AICL row")
-    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:4])
+    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:5])
     parser.add_argument("--translated", action="store_true", help="also train nnU-Net on the CT translated by "
                         "each trained generator (stage 1's recipe)")
     add_run_arguments(parser, epochs=80, iterations=25)

@@ -387,6 +387,12 @@ class nnUNetTrainerCISFA_noGCL(nnUNetTrainerCISFA):
     use_gcl = False
 
 
+class nnUNetTrainerCISFA_noContrast(nnUNetTrainerCISFA):
+    """Table 3's first row: neither contrast (G fooling D_g, Seg fooling D_s, the supervised term)."""
+    use_pcl = False
+    use_gcl = False
+
+
 class nnUNetTrainerCISFA_Sequential(nnUNetTrainerCISFA):
     """Table 3, "sequential": the encoder stepped on L_gcl before the rest of Seg's loss, every iteration."""
     sequential_gcl = True
