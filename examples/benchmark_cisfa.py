@@ -94,13 +94,18 @@ def train_per_target(run: Runner, work: Path, raw: Path, dataset_id: int, traine
     return means
 
 
+def translated_dataset_id(dataset_id: int, trainer: str, domain: str) -> int:
+    """The id of the CT translated into ``domain`` by ``trainer``'s generator: one dataset per trainer and domain."""
+    return dataset_id + 1 + TARGETS.index(domain) + len(TARGETS) * list(TRAINERS).index(trainer)
+
+
 def train_on_translations(run: Runner, work: Path, raw: Path, dataset_id: int, trainer: str, targets) -> dict:
     """Per target domain, the CT training cases translated by ``trainer``'s generator into a new dataset, nnU-Net
     trained on it and scored on the domain's real test cases (stage 1's recipe)."""
     means = {}
     for domain in targets:
         domain_work, domain_run = domain_runner(run, work, domain)
-        translated_id = dataset_id + 1 + TARGETS.index(domain)
+        translated_id = translated_dataset_id(dataset_id, trainer, domain)
         folder = Path(run.env["nnUNet_raw"]) / dataset_folder_name(translated_id, "UDAPhantomTranslated")
         if not (folder / "dataset.json").is_file():
             model = final_checkpoint(domain_run, raw, trainer, 0).parent
