@@ -69,7 +69,8 @@ def parse_args(argv=None):
                         "rows where --stage1 is not given")
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--aicl", help="aicl_*.json of examples/benchmark_aicl.py --unpaired: the AICL row")
-    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS)[:5])
+    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS),
+                        default=[t for t in TRAINERS if t != "nnUNetTrainerCISFA_noWeight"])
     parser.add_argument("--translated", action="store_true", help="also train nnU-Net on the CT translated by "
                         "each trained generator (stage 1's recipe)")
     add_run_arguments(parser, epochs=80, iterations=25)

@@ -1,5 +1,7 @@
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """The script ``examples/<name>.py`` as a module (the examples are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_unet(kind: str, num_classes: int = 4, deep_supervision: bool = True) -> nn.Module:

@@ -1,7 +1,6 @@
 """The self-training pipeline end to end on a tiny phantom, through nnU-Net's real commands:
 round 0 (two real folds), ``nnUNetv2_uda_pseudolabel``, round 1, evaluation
 (``examples/pseudolabel_rounds.py`` in its shortest setting)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,27 +10,21 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import load_example
 from nnunet_uda.data.raw import load_dataset_json
 from nnunet_uda.domains import DomainTable
 from nnunet_uda.pipeline import nnunet_environment
 
-ROOT = Path(__file__).resolve().parents[1]
 DATASET = 982
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("pseudolabel_rounds", ROOT / "examples" / "pseudolabel_rounds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("rounds")
-    results = load_example().main(["--work", str(work), "--dataset", str(DATASET), "--folds", "2", "--top", "1",
-                                   "--shape", "20", "20", "20", "--n_source", "4", "--n_target", "3", "--n_test", "1",
-                                   "--epochs", "1", "--iterations", "2", "--val_iterations", "1"])
+    rounds = load_example("pseudolabel_rounds")
+    results = rounds.main(["--work", str(work), "--dataset", str(DATASET), "--folds", "2", "--top", "1",
+                           "--shape", "20", "20", "20", "--n_source", "4", "--n_target", "3", "--n_test", "1",
+                           "--epochs", "1", "--iterations", "2", "--val_iterations", "1"])
     return work, results
 
 
