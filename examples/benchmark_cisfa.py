@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
     for trainer in args.trainers:
         rows[TRAINERS[trainer]] = train_per_target(run, work, raw, args.dataset, trainer, args.targets)
     for trainer in args.trainers if args.translated else ():
-        rows[f"nnU-Net on CT translated by {TRAINERS[trainer]}'s generator"] = train_on_translations(
+        rows[f"nnU-Net on CT translated, generator of {TRAINERS[trainer]}"] = train_on_translations(
             run, work, raw, args.dataset, trainer, args.targets)
     if CEILING in compared:
         rows[CEILING] = compared[CEILING]
